@@ -1,0 +1,46 @@
+# One-command setup: `make test` and `make demo` create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install test test-fast lint format demo demo-quick bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+# deepspeed after torch, with no ops built (CPU accelerator recorded at install time).
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==$(TORCH_VERSION)
+	$(BIN)/pip install -e ".[dev]"
+	DS_BUILD_OPS=0 $(BIN)/pip install --no-build-isolation deepspeed
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
+
+demo: $(STAMP)
+	$(BIN)/python -m internvl_lightning demo --out runs/demo
+
+demo-quick: $(STAMP)
+	$(BIN)/python -m internvl_lightning demo --out runs/demo-quick --quick
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

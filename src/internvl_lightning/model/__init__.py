@@ -1,0 +1,1 @@
+"""Model assembly: composite InternVL from separate component checkpoints."""
