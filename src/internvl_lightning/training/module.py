@@ -1,0 +1,200 @@
+"""`InternVLChat`: the LightningModule that trains a composite InternVL model on packed batches."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from ..model.forward import vlm_hidden_states
+from .flops import FlopsModel, peak_flops
+from .freeze import FreezeSchedule, parameter_table
+from .loss import per_sample_losses, weighted_loss
+from .optim import cosine_with_warmup, param_groups, warmup_steps_from
+
+
+class InternVLChat(L.LightningModule):
+    """Train InternVL from a vision encoder dir + an LLM dir (stage 1) or a previous stage's output.
+
+    Args:
+        vision: vision encoder directory (HF-native or original InternViT layout).
+        llm: language model directory (transformers-native causal LM, or InternLM2 layout).
+        mlp: optional projector weights; random otherwise.
+        init_from: a previous stage's HF-native output directory (replaces vision/llm/mlp).
+        preset: a named shape (e.g. "8b") to build with random weights, for planning and tests.
+        select_layer, downsample_ratio, ps_version, drop_path_rate, attn_implementation: model options.
+        lr, weight_decay, betas, eps: AdamW. Biases and norms get no weight decay.
+        warmup: warmup steps (>= 1) or ratio of the total steps (< 1).
+        min_lr_ratio: cosine floor as a fraction of lr.
+        loss_reduction_all_gather: average the loss denominator over data-parallel ranks, so the
+            gradient is the global weighted mean (reference `loss_reduction_all_gather`).
+        loss_chunk_size: positions per chunk of the logits-free loss.
+        gradient_checkpointing_vit, gradient_checkpointing_llm: recompute activations in backward.
+        peak_flops: accelerator peak FLOP/s for MFU; detected for known GPUs when None.
+    """
+
+    def __init__(
+        self,
+        vision: str | None = None,
+        llm: str | None = None,
+        mlp: str | None = None,
+        init_from: str | None = None,
+        preset: str | None = None,
+        select_layer: int = -1,
+        downsample_ratio: float = 0.5,
+        ps_version: str = "v2",
+        drop_path_rate: float = 0.0,
+        attn_implementation: str = "sdpa",
+        lr: float = 2e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        loss_reduction_all_gather: bool = False,
+        loss_chunk_size: int = 4096,
+        gradient_checkpointing_vit: bool = False,
+        gradient_checkpointing_llm: bool = False,
+        peak_flops: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not (init_from or preset or (vision and llm)):
+            raise ValueError(
+                "InternVLChat needs its components: pass --model.vision=DIR and --model.llm=DIR "
+                "(stage 1), or --model.init_from=DIR (a previous stage's output)"
+            )
+        self.model = None
+        self._flops: FlopsModel | None = None
+        self._t_last: float | None = None
+
+    # ---- model ---------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the VLM (lazily, so strategies like ZeRO-3 can wrap construction)."""
+        if self.model is not None:
+            return
+        from ..model.build import build_model, load_pretrained_vlm
+
+        h = self.hparams
+        options = dict(
+            drop_path_rate=h.drop_path_rate,
+            select_layer=h.select_layer,
+            downsample_ratio=h.downsample_ratio,
+            ps_version=h.ps_version,
+            attn_implementation=h.attn_implementation,
+        )
+        if h.init_from:
+            self.model = load_pretrained_vlm(h.init_from, **options)
+        else:
+            self.model = build_model(vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, **options)
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        if h.gradient_checkpointing_vit:
+            self.model.model.vision_tower.gradient_checkpointing_enable(**kwargs)
+        if h.gradient_checkpointing_llm:
+            self.model.model.language_model.gradient_checkpointing_enable(**kwargs)
+        for cb in self.trainer.callbacks if self._trainer is not None else []:
+            if isinstance(cb, FreezeSchedule):
+                cb.apply(self.model)
+        self._flops = FlopsModel.from_model(self.model)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Last hidden states (B, L, D) of a packed batch."""
+        return vlm_hidden_states(
+            self.model, batch["input_ids"], batch.get("position_ids"), batch.get("pixel_values"), batch.get("image_flags")
+        )
+
+    # ---- loss ----------------------------------------------------------------------------
+    def _denominator(self, batch: dict[str, Any], local_wsum: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Loss denominator and the factor that undoes Lightning's division by accumulation steps.
+
+        With `stats["step_weight_sum"]` (weights of every micro-batch of this optimizer step,
+        provided by the data module), micro-batch losses add up exactly to the loss of the
+        combined batch. Without it, each micro-batch is normalised on its own (reference).
+        """
+        stats = batch.get("stats") or {}
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        if "step_weight_sum" in stats:
+            denom, scale = torch.tensor(float(stats["step_weight_sum"]), device=local_wsum.device), float(accumulate)
+        else:
+            denom, scale = local_wsum.detach().clone(), 1.0
+        if self.hparams.loss_reduction_all_gather and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(denom, op=dist.ReduceOp.SUM)
+            denom = denom / dist.get_world_size()
+        return denom, scale
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        hidden = self(batch)
+        labels, weights = batch["labels"], batch.get("loss_weight")
+        local = (weights[:, 1:] * (labels[:, 1:] != -100)).sum() if weights is not None else (labels[:, 1:] != -100).sum()
+        denom, scale = self._denominator(batch, local.float())
+        loss, wsum = weighted_loss(hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size)
+        # What we show is this micro-batch's own weighted mean, comparable across steps.
+        shown = loss.detach() * denom / wsum.clamp_min(1e-12)
+        self.log("train/loss", shown, prog_bar=True, on_step=True, batch_size=1)
+        return loss * scale
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        hidden = self(batch)
+        loss, _ = weighted_loss(hidden, self.model.lm_head, batch["labels"], batch.get("loss_weight"), None)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=1)
+        return loss
+
+    def sample_losses(self, batch: dict[str, Any]) -> dict[int, torch.Tensor]:
+        """Token-mean loss of every packed sample in a batch (evaluation, tests)."""
+        return per_sample_losses(self(batch), self.model.lm_head, batch["labels"], batch["sample_index"])
+
+    # ---- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = param_groups(self.model, h.weight_decay)
+        if not groups:
+            raise ValueError("no trainable parameters: check the FreezeSchedule of this stage")
+        opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps)
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        if total is None:
+            total = int(self.trainer.estimated_stepping_batches)
+        warm = warmup_steps_from(h.warmup, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: cosine_with_warmup(step, warm, total, h.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm(2) for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, batch_size=1)
+
+    # ---- metrics -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        for name, trainable, frozen in parameter_table(self.model):
+            self.logger_log_once(f"params/{name}_trainable", trainable)
+            self.logger_log_once(f"params/{name}_frozen", frozen)
+
+    def logger_log_once(self, key: str, value: float) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics({key: value}, step=0)
+
+    def on_train_batch_end(self, outputs, batch: dict[str, Any], batch_idx: int) -> None:
+        now = time.perf_counter()
+        stats = batch.get("stats") or {}
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
+        for key in ("token_fill", "tile_fill"):
+            if key in stats:
+                self.log(f"train/{key}", float(stats[key]), on_step=True, batch_size=1)
+        if self._t_last is not None and stats:
+            dt = max(now - self._t_last, 1e-9)
+            self.log("train/tokens_per_s", stats["real_tokens"] / dt, prog_bar=True, on_step=True, batch_size=1)
+            self.log("train/samples_per_s", stats["samples"] / dt, on_step=True, batch_size=1)
+            self.log("train/tiles_per_s", stats["tiles"] / dt, on_step=True, batch_size=1)
+            peak = self.hparams.peak_flops or (
+                peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+            )
+            if peak and self._flops is not None and "sample_index" in batch:
+                sid = batch["sample_index"]
+                lengths = torch.bincount(sid[sid >= 0].flatten()).tolist()
+                flops = self._flops.step_flops(stats["real_tokens"], lengths, stats["tiles"])
+                self.log("train/mfu", flops / dt / peak, prog_bar=True, on_step=True, batch_size=1)
+        self._t_last = now
