@@ -6,14 +6,14 @@ Shapes follow InternVL-2.5-style SFT data at 448 px tiles with pixel shuffle 0.5
 | kind         | share | tiles                                   | text tokens (log-normal median, clip) |
 |--------------|-------|-----------------------------------------|---------------------------------------|
 | caption      | 0.25  | 1-13 (dynamic-tiling grid + thumbnail)  | 60, 10-400                            |
-| vqa          | 0.25  | 1-13                                    | 1-8 turns x 70, 20-2500               |
+| vqa          | 0.25  | 1-13                                    | 1-8 turns x 80, 20-2500               |
 | ocr document | 0.08  | 5-13, mostly 13                         | 800, 100-4000                         |
 | multi-image  | 0.06  | 2-5 images x 1-7 tiles                  | 250, 50-2000                          |
 | video        | 0.08  | 8-32 frames, one tile each              | 120, 20-1000 (+6 per frame label)     |
-| pure text    | 0.28  | 0                                       | 900, 30-14000                         |
+| pure text    | 0.28  | 0                                       | 1100, 30-14000                        |
 
-Every sample also carries a ~30-token system/template overhead. The mix averages about 5.5
-tiles and ~2200 tokens per sample (~400 tokens per tile). Packing fill depends on that ratio:
+Every sample also carries a ~30-token system/template overhead. The mix averages about 6.1
+tiles and ~2330 tokens per sample (~380 tokens per tile). Packing fill depends on that ratio:
 with budgets 16384 tokens / 48 tiles a mix below 16384/48 ~ 341 tokens per tile is bound by
 the tile budget and no packer can fill the token budget.
 """

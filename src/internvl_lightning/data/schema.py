@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..constants import IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, VIDEO_PLACEHOLDER
+from ..constants import (
+    IMAGE_PLACEHOLDER,
+    IMG_CONTEXT_TOKEN,
+    IMG_END_TOKEN,
+    IMG_START_TOKEN,
+    VIDEO_PLACEHOLDER,
+)
 
 ROLES = ("system", "human", "gpt")
 
@@ -27,6 +33,9 @@ class SampleError(ValueError):
         self.where = where
         head = ": ".join(p for p in (where, None if sample_id is None else f"sample {sample_id!r}") if p)
         super().__init__(f"{head}: {reason}" if head else reason)
+
+    def __reduce__(self):  # picklable with its fields (worker processes send errors back)
+        return (type(self), (self.reason, self.sample_id, self.where))
 
 
 class MalformedSample(SampleError):
@@ -190,7 +199,9 @@ def validate_sample(record: Any, where: str) -> Sample:
     for i, t in enumerate(convs):
         for tok in (IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN):
             if tok in t["value"]:
-                raise bad(f"turn {i} ({t['from']}) contains the reserved token {tok!r}; use '<image>' placeholders")
+                raise bad(
+                    f"turn {i} ({t['from']}) contains the reserved token {tok!r}; use '<image>' placeholders"
+                )
         if t["from"] != "human" and (IMAGE_PLACEHOLDER in t["value"] or VIDEO_PLACEHOLDER in t["value"]):
             raise bad(f"turn {i} ({t['from']}) contains a media placeholder; only human turns may")
     first_human = next(i for i, t in enumerate(convs) if t["from"] == "human")
@@ -214,9 +225,13 @@ def validate_sample(record: Any, where: str) -> Sample:
             if n_img == 0:
                 convs[first_human]["value"] = IMAGE_PLACEHOLDER + "\n" + convs[first_human]["value"]
         elif n_img != len(images):
-            raise bad(f"{len(images)} images but {n_img} '<image>' placeholders; they must match (no auto-insert for a list)")
+            raise bad(
+                f"{len(images)} images but {n_img} '<image>' placeholders; they must match (no auto-insert for a list)"
+            )
     elif n_img or n_vid:
-        raise bad(f"pure-text sample contains {n_img} '<image>' and {n_vid} '<video>' placeholder(s) but no media")
+        raise bad(
+            f"pure-text sample contains {n_img} '<image>' and {n_vid} '<video>' placeholder(s) but no media"
+        )
 
     sizes = _image_sizes(record, len(images), multi) if images else None
     if isinstance(sizes, str):

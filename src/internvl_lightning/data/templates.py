@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..constants import (
@@ -62,11 +63,14 @@ class ChatTemplate:
         return self.end + self.suffix
 
 
-_INTERNVL_SYSTEM = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-)
+_INTERNVL_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 _INTERNLM_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-_IM = dict(system_prefix=f"{IM_START}system\n", user=f"{IM_START}user\n", assistant=f"{IM_START}assistant\n", end=IM_END)
+_IM = dict(
+    system_prefix=f"{IM_START}system\n",
+    user=f"{IM_START}user\n",
+    assistant=f"{IM_START}assistant\n",
+    end=IM_END,
+)
 
 TEMPLATES: dict[str, ChatTemplate] = {
     t.name: t
@@ -123,7 +127,10 @@ def _pieces(
     image_text: Callable[[int], str] | None,
     add_generation_prompt: bool = False,
 ) -> tuple[list[tuple[str, bool]], int]:
-    """The rendered conversation as (text, trained) chunks, alternating; and the image count.
+    """The rendered conversation as (text, trained) chunks and the image count.
+
+    The first chunk is the system block alone (so ``tokenize`` can cache its ids); after it
+    untrained and trained chunks alternate, each trained one being ``answer + end``.
 
     ``<image>`` in human turns becomes ``image_text(k)`` for the k-th image (kept when None).
     A leading system turn beats ``system_message``, which beats the template's default.
@@ -133,8 +140,8 @@ def _pieces(
         system_message = turns.pop(0)["value"]
     elif system_message is None:
         system_message = tpl.system_message
-    chunks: list[tuple[str, bool]] = []
-    pending = [tpl.system_prefix, system_message, tpl.sep]  # untrained text not yet flushed
+    chunks = [(tpl.system_prefix + system_message + tpl.sep, False)]
+    pending: list[str] = []  # untrained text not yet flushed
     n_images = 0
     for turn in turns:
         value = turn["value"].strip() if tpl.strip_values else turn["value"]
@@ -206,7 +213,8 @@ class _TokInfo:
     anchor: int  # id of the template's end token, encoded before every chunk but the first
     bos: int | None  # the BOS the tokenizer adds by itself (InternLM2 style), else None
     img_ids: tuple[int, int, int] | None  # <img>, <IMG_CONTEXT>, </img> when all are single tokens
-    encode: Callable[[list[str]], list[list[int]]]
+    backend: object | None  # the Rust tokenizer: several times less overhead per call than __call__
+    system_ids: dict[str, list[int]] = field(default_factory=dict)  # cache: system block -> ids
 
 
 _INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -231,24 +239,25 @@ def _tok_info(tokenizer, tpl: ChatTemplate) -> _TokInfo:
 
     check_chat_tokens(tokenizer, f"chat template {tpl.name!r}", tpl.markers)
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # the Rust tokenizer directly: about 4x less overhead per call
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    else:
+    def encode(text: str) -> list[int]:
+        return _encode(tokenizer, backend, text)
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    anchor = encode([tpl.end])[0][0]
+    anchor = encode(tpl.end)[0]
     probe = tokenizer.encode("a", add_special_tokens=True)  # tokenizer.add_bos_token is unreliable (v5)
     bos_id = tokenizer.bos_token_id
     bos = bos_id if bos_id is not None and probe and probe[0] == bos_id else None
-    img = [encode([t])[0] for t in (IMG_START_TOKEN, IMG_CONTEXT_TOKEN, IMG_END_TOKEN)]
+    img = [encode(t) for t in (IMG_START_TOKEN, IMG_CONTEXT_TOKEN, IMG_END_TOKEN)]
     img_ids = tuple(i[0] for i in img) if all(len(i) == 1 for i in img) else None
-    info = _TokInfo(size, anchor, bos, img_ids, encode)
+    info = _TokInfo(size, anchor, bos, img_ids, backend)  # no reference to the tokenizer: weak cache
     per_tok[1][tpl.name] = info
     return info
+
+
+def _encode(tokenizer, backend, text: str) -> list[int]:
+    if backend is not None:
+        return backend.encode(text, add_special_tokens=False).ids
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def tokenize(
@@ -271,54 +280,51 @@ def tokenize(
     if problem:
         raise InvalidSample(problem, sample_id)
     info = _tok_info(tokenizer, tpl)
-    marker = image_string(1)
+    marker = image_string(1)  # widened to counts[k] context tokens after encoding
     chunks, n_images = _pieces(conversations, tpl, system_message, lambda k: marker)
     counts = _check_counts(num_image_tokens, n_images, sample_id)
     if n_images and info.img_ids is None:
-        raise ValueError("tokenizer lacks <img>/<IMG_CONTEXT>/</img> as single tokens; call add_vlm_tokens() first")
+        raise ValueError(
+            "tokenizer lacks <img>/<IMG_CONTEXT>/</img> as single tokens; call add_vlm_tokens() first"
+        )
     if max_length is not None and sum(counts) + 2 * len(counts) > max_length:  # fail before any BPE work
         raise SampleTooLong(f"image tokens alone ({sum(counts)}) exceed max_length {max_length}", sample_id)
 
-    anchor_text = tpl.end
-    encoded = info.encode([chunks[0][0]] + [anchor_text + text for text, _ in chunks[1:]])
-    ids: list[int] = [] if info.bos is None else [info.bos]
-    labels: list[int] = [] if info.bos is None else [IGNORE_INDEX]
-    ctx = info.img_ids[1] if info.img_ids else None
-    seen = 0
-    for k, ((_, trained), chunk_ids) in enumerate(zip(chunks, encoded)):
-        if k:
-            if not chunk_ids or chunk_ids[0] != info.anchor:
-                raise RuntimeError(f"tokenizer did not keep {tpl.end!r} as one leading token")
-            chunk_ids = chunk_ids[1:]  # drop the anchor
-        if ctx is not None and ctx in chunk_ids:
-            if trained:
-                raise InvalidSample("an answer contains the reserved token <IMG_CONTEXT>", sample_id)
-            start = len(ids)
-            pos = 0
-            while (hit := _find(chunk_ids, ctx, pos)) >= 0:
-                if seen >= len(counts):
-                    raise InvalidSample("text contains the reserved token <IMG_CONTEXT>", sample_id)
-                ids += chunk_ids[pos:hit]
-                ids += [ctx] * counts[seen]
-                seen += 1
-                pos = hit + 1
-            ids += chunk_ids[pos:]
-            labels += [IGNORE_INDEX] * (len(ids) - start)
-        else:
-            ids += chunk_ids
-            labels += chunk_ids if trained else [IGNORE_INDEX] * len(chunk_ids)
-    if seen != len(counts):
-        raise InvalidSample(f"expected {len(counts)} image runs, built {seen}", sample_id)
-    if max_length is not None and len(ids) > max_length:
-        raise SampleTooLong(f"{len(ids)} tokens > max_length {max_length} ({sum(counts)} image tokens)", sample_id)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
-
-
-def _find(seq: list[int], value: int, start: int) -> int:
-    try:
-        return seq.index(value, start)
-    except ValueError:
-        return -1
+    # One encode call per chunk (encode_batch's thread pool costs more than it saves here).
+    system_text = chunks[0][0]
+    system_ids = info.system_ids.get(system_text)
+    if system_ids is None:
+        if len(info.system_ids) >= 64:  # per-sample system prompts: keep the cache bounded
+            info.system_ids.clear()
+        system_ids = info.system_ids[system_text] = _encode(tokenizer, info.backend, system_text)
+    ids: list[int] = ([] if info.bos is None else [info.bos]) + system_ids
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    for text, trained in chunks[1:]:
+        chunk_ids = _encode(tokenizer, info.backend, tpl.end + text)
+        if not chunk_ids or chunk_ids[0] != info.anchor:
+            raise RuntimeError(f"tokenizer did not keep {tpl.end!r} as one leading token")
+        chunk_ids = chunk_ids[1:]  # drop the anchor
+        ids += chunk_ids
+        labels += chunk_ids if trained else [IGNORE_INDEX] * len(chunk_ids)
+    # Each image is one <IMG_CONTEXT> id so far; widen it to its run with one np.repeat instead of
+    # building and converting a Python list of up to 16k ids (numpy: torch's multi-threaded ops
+    # stall for milliseconds on a busy machine).
+    ids_np = np.array(ids, dtype=np.int64)
+    labels_np = np.array(labels, dtype=np.int64)
+    is_ctx = ids_np == info.img_ids[1] if info.img_ids is not None else np.zeros(len(ids), dtype=bool)
+    found = int(is_ctx.sum())
+    if found != len(counts) or (labels_np[is_ctx] != IGNORE_INDEX).any():
+        raise InvalidSample(f"text contains the reserved token {IMG_CONTEXT_TOKEN}", sample_id)
+    total = len(ids) - found + sum(counts)
+    if max_length is not None and total > max_length:
+        raise SampleTooLong(
+            f"{total} tokens > max_length {max_length} ({sum(counts)} image tokens)", sample_id
+        )
+    if counts:
+        reps = np.ones(len(ids), dtype=np.int64)
+        reps[is_ctx] = counts
+        ids_np, labels_np = np.repeat(ids_np, reps), np.repeat(labels_np, reps)
+    return torch.from_numpy(ids_np), torch.from_numpy(labels_np)
 
 
 def render_with_labels(input_ids, labels, tokenizer, image_token: str = IMG_CONTEXT_TOKEN) -> str:

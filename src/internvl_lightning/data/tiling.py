@@ -31,7 +31,12 @@ def candidate_grids(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
 
 
 def tile_grid(
-    width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
+    width: int,
+    height: int,
+    min_num: int = 1,
+    max_num: int = 12,
+    image_size: int = 448,
+    use_thumbnail: bool = True,
 ) -> tuple[int, int, int]:
     """(cols, rows, n_tiles) for a ``width`` x ``height`` image; n_tiles counts the thumbnail."""
     aspect = width / height
@@ -54,7 +59,11 @@ def _resized(image: Image.Image, cols: int, rows: int, image_size: int) -> Image
 
 
 def dynamic_preprocess(
-    image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
+    image: Image.Image,
+    min_num: int = 1,
+    max_num: int = 12,
+    image_size: int = 448,
+    use_thumbnail: bool = False,
 ) -> list[Image.Image]:
     """Split ``image`` into tiles row-major, with the whole-image thumbnail last when asked."""
     cols, rows, _ = tile_grid(*image.size, min_num, max_num, image_size, use_thumbnail)
@@ -83,7 +92,9 @@ def pixel_values(
     image = to_rgb(image)
     if augment_rng is not None:
         tiles = dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail)
-        return torch.stack([to_tensor(jpeg_augment(t, augment_rng), image_size, normalization) for t in tiles])
+        return torch.stack(
+            [to_tensor(jpeg_augment(t, augment_rng), image_size, normalization) for t in tiles]
+        )
     # Fast path: normalise straight from the resized canvas into the output, no per-tile crops.
     cols, rows, n_tiles = tile_grid(*image.size, min_num, max_num, image_size, use_thumbnail)
     s = image_size

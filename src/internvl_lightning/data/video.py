@@ -81,7 +81,7 @@ def _read_folder(path: str, t: int, sample: str, rng: random.Random) -> list[Ima
     return [load_image(os.path.join(path, n)) for n in names]
 
 
-def _read_gif(src, t: int, sample: str, rng: random.Random) -> list[Image.Image]:
+def _read_gif(src: io.BytesIO | VideoSource, t: int, sample: str, rng: random.Random) -> list[Image.Image]:
     with Image.open(src) as gif:
         wanted = frame_indices(t, getattr(gif, "n_frames", 1), sample, rng=rng)
         frames = []
@@ -91,7 +91,9 @@ def _read_gif(src, t: int, sample: str, rng: random.Random) -> list[Image.Image]
         return frames
 
 
-def _read_av(src, t: int, sample: str, clip, rng: random.Random) -> list[Image.Image]:
+def _read_av(
+    src: io.BytesIO | str, t: int, sample: str, clip: tuple[float, float] | None, rng: random.Random
+) -> list[Image.Image]:
     import av
 
     with av.open(src) as container:

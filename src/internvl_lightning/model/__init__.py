@@ -1,1 +1,55 @@
-"""Model assembly: composite InternVL from separate component checkpoints."""
+"""Model assembly: composite InternVL from separate component checkpoints.
+
+Names are imported lazily: ``model.tokenizer`` is used by data tools that must not pay for
+importing the model classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Eager (cheap, torch only): the function shares its module's name, and a lazy lookup would
+# hand out the submodule once something imported it.
+from .pixel_shuffle import patch_pixel_shuffle, pixel_shuffle
+
+_LAZY = {
+    "build_model": "build",
+    "check_state_dict": "build",
+    "load_pretrained_vlm": "build",
+    "load_tokenizer": "build",
+    "write_components": "components",
+    "drop_path_schedule": "drop_path",
+    "install_drop_path": "drop_path",
+    "LLM_PRESETS": "presets",
+    "VISION_PRESETS": "presets",
+    "VLM_PRESETS": "presets",
+    "get_preset": "presets",
+    "meta_model": "presets",
+    "parameter_counts": "presets",
+    "tokens_per_tile": "presets",
+}
+
+__all__ = [
+    "LLM_PRESETS",
+    "VISION_PRESETS",
+    "VLM_PRESETS",
+    "build_model",
+    "check_state_dict",
+    "drop_path_schedule",
+    "get_preset",
+    "install_drop_path",
+    "load_pretrained_vlm",
+    "load_tokenizer",
+    "meta_model",
+    "parameter_counts",
+    "patch_pixel_shuffle",
+    "pixel_shuffle",
+    "tokens_per_tile",
+    "write_components",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,10 +77,25 @@ class VLMPreset:
 VISION_PRESETS = {
     p.name: p
     for p in (
-        VisionPreset("InternViT-300M-448px", 1024, 24, 16, 4096, qkv_bias=True, qk_norm=False, norm_type="layer_norm"),
-        VisionPreset("InternViT-6B-448px", 3200, 45, 25, 12800, qkv_bias=False, qk_norm=True, norm_type="rms_norm"),
+        VisionPreset(
+            "InternViT-300M-448px", 1024, 24, 16, 4096, qkv_bias=True, qk_norm=False, norm_type="layer_norm"
+        ),
+        VisionPreset(
+            "InternViT-6B-448px", 3200, 45, 25, 12800, qkv_bias=False, qk_norm=True, norm_type="rms_norm"
+        ),
         # 64px / 8px patches -> 8x8 grid -> 16 tokens per tile after pixel shuffle.
-        VisionPreset("tiny", 64, 2, 4, 128, qkv_bias=True, qk_norm=False, norm_type="layer_norm", image_size=64, patch_size=8),
+        VisionPreset(
+            "tiny",
+            64,
+            2,
+            4,
+            128,
+            qkv_bias=True,
+            qk_norm=False,
+            norm_type="layer_norm",
+            image_size=64,
+            patch_size=8,
+        ),
     )
 }
 
@@ -93,7 +108,9 @@ def _qwen(name: str, h: int, n: int, heads: int, kv: int, inter: int, vocab: int
 
 
 def _internlm2(name: str, h: int, n: int, heads: int, kv: int, inter: int) -> LLMPreset:
-    return LLMPreset(name, "internlm2", h, n, heads, kv, inter, 92544, _INTERNLM2_TOK, 1e6, False, 1e-5, 32768)
+    return LLMPreset(
+        name, "internlm2", h, n, heads, kv, inter, 92544, _INTERNLM2_TOK, 1e6, False, 1e-5, 32768
+    )
 
 
 LLM_PRESETS = {
@@ -210,7 +227,9 @@ def vlm_config(preset: str | VLMPreset, tie_word_embeddings: bool = False) -> In
     )
 
 
-def meta_model(preset: str | VLMPreset, tie_word_embeddings: bool = False) -> InternVLForConditionalGeneration:
+def meta_model(
+    preset: str | VLMPreset, tie_word_embeddings: bool = False
+) -> InternVLForConditionalGeneration:
     """The assembled VLM on the ``meta`` device (shapes only, no memory) for planning."""
     with torch.device("meta"):
         return InternVLForConditionalGeneration(vlm_config(preset, tie_word_embeddings))

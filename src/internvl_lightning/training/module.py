@@ -25,7 +25,9 @@ class InternVLChat(L.LightningModule):
         mlp: optional projector weights; random otherwise.
         init_from: a previous stage's HF-native output directory (replaces vision/llm/mlp).
         preset: a named shape (e.g. "8b") to build with random weights, for planning and tests.
-        select_layer, downsample_ratio, ps_version, drop_path_rate, attn_implementation: model options.
+        select_layer, downsample_ratio, ps_version, drop_path_rate: model options; None keeps what an
+            `init_from` checkpoint stored (fresh builds: -1, 0.5, "v2", 0.0).
+        attn_implementation: "sdpa" (CPU and GPU), "eager", "flash_attention_2" or "flex_attention".
         lr, weight_decay, betas, eps: AdamW. Biases and norms get no weight decay.
         warmup: warmup steps (>= 1) or ratio of the total steps (< 1).
         min_lr_ratio: cosine floor as a fraction of lr.
@@ -34,6 +36,7 @@ class InternVLChat(L.LightningModule):
         loss_chunk_size: positions per chunk of the logits-free loss.
         gradient_checkpointing_vit, gradient_checkpointing_llm: recompute activations in backward.
         peak_flops: accelerator peak FLOP/s for MFU; detected for known GPUs when None.
+        seed: initialisation seed of the new projector.
     """
 
     def __init__(
@@ -43,10 +46,10 @@ class InternVLChat(L.LightningModule):
         mlp: str | None = None,
         init_from: str | None = None,
         preset: str | None = None,
-        select_layer: int = -1,
-        downsample_ratio: float = 0.5,
-        ps_version: str = "v2",
-        drop_path_rate: float = 0.0,
+        select_layer: int | None = None,
+        downsample_ratio: float | None = None,
+        ps_version: str | None = None,
+        drop_path_rate: float | None = None,
         attn_implementation: str = "sdpa",
         lr: float = 2e-4,
         weight_decay: float = 0.05,
@@ -59,6 +62,7 @@ class InternVLChat(L.LightningModule):
         gradient_checkpointing_vit: bool = False,
         gradient_checkpointing_llm: bool = False,
         peak_flops: float | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,12 +93,15 @@ class InternVLChat(L.LightningModule):
         if h.init_from:
             self.model = load_pretrained_vlm(h.init_from, **options)
         else:
-            self.model = build_model(vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, **options)
-        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+            self.model = build_model(vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options)
+        # Non-reentrant checkpointing: frozen inputs (stage 1) raise no "does not require grad".
+        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
         if h.gradient_checkpointing_vit:
-            self.model.model.vision_tower.gradient_checkpointing_enable(**kwargs)
+            self.model.model.vision_tower.activation_checkpointing_enable(**kwargs)
         if h.gradient_checkpointing_llm:
-            self.model.model.language_model.gradient_checkpointing_enable(**kwargs)
+            self.model.model.language_model.activation_checkpointing_enable(**kwargs)
+        # Loaders return eval mode; Lightning keeps a module's mode, and drop path needs train().
+        self.model.train(self.training)
         for cb in self.trainer.callbacks if self._trainer is not None else []:
             if isinstance(cb, FreezeSchedule):
                 cb.apply(self.model)
