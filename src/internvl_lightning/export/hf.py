@@ -1,0 +1,181 @@
+"""Export to the HF-native layout that transformers, vLLM and SGLang load without remote code.
+
+The model is transformers' own `InternVLForConditionalGeneration`, so the weights are saved as
+they are. What an export adds is everything a server needs beside them:
+  * the tokenizer, with the image markers named the way `InternVLProcessor` looks them up;
+  * a chat template that renders exactly what training saw (the stage's template, with its
+    training system prompt when a conversation brings none);
+  * a generation config that stops on the template's end-of-turn token;
+  * an image processor (GotOcr2, PIL backend) with the tiling, tile size and normalisation
+    the model was trained with; its defaults are CLIP's, ours are usually ImageNet's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
+
+from ..constants import IM_END, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, NORMALIZATION
+
+
+def chat_template(template: str = "internvl2_5") -> str:
+    """A Jinja chat template that renders what training saw with our `template`.
+
+    Every turn is `role + content + end + suffix`; images and videos become `<image>`/`<video>`
+    lines, which `InternVLProcessor` expands into `<img><IMG_CONTEXT>...</img>`. A conversation
+    without a system turn gets the template's training system prompt, as in training.
+    """
+    from ..data.templates import get_template
+
+    t = get_template(template)
+    q = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
+    sep = q(t.sep)
+    roles = "{" + f"'system': {q(t.system_prefix)}, 'user': {q(t.user)}, 'assistant': {q(t.assistant)}" + "}"
+    return (
+        f"{{%- set roles = {roles} %}}"
+        f"{{%- if messages[0]['role'] != 'system' %}}{{{{- roles['system'] + {q(t.system_message)} + {sep} }}}}{{%- endif %}}"
+        "{%- for message in messages %}"
+        "{{- roles[message['role']] }}"
+        "{%- if message['content'] is string %}{{- message['content'] }}"
+        "{%- else %}{%- for item in message['content'] %}"
+        "{%- if item['type'] == 'image' %}{{- '<image>\\n' }}"
+        "{%- elif item['type'] == 'video' %}{{- '<video>\\n' }}"
+        "{%- elif item['type'] == 'text' %}{{- item['text'] }}{%- endif %}"
+        "{%- endfor %}{%- endif %}"
+        f"{{{{- {sep} }}}}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- roles['assistant'] }}{%- endif %}"
+    )
+
+
+def _image_processor(image_size: int, max_dynamic_patch: int, min_dynamic_patch: int, normalization: str):
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    mean, std = NORMALIZATION[normalization]
+    return GotOcr2ImageProcessorPil(
+        crop_to_patches=True,
+        min_patches=min_dynamic_patch,
+        max_patches=max_dynamic_patch,
+        size={"height": image_size, "width": image_size},
+        image_mean=list(mean),
+        image_std=list(std),
+        do_resize=True,
+        do_rescale=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+    )
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> PreTrainedTokenizerBase:
+    """Save the tokenizer with the image markers named the way `InternVLProcessor` looks them up.
+
+    The names go into tokenizer_config.json as a dict of `extra_special_tokens` (the file format
+    of HF-native InternVL checkpoints); reloading gives a tokenizer with those attributes.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["extra_special_tokens"] = {
+        "start_image_token": IMG_START_TOKEN,
+        "end_image_token": IMG_END_TOKEN,
+        "context_image_token": IMG_CONTEXT_TOKEN,
+        "video_token": "<video>",
+    }
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+def _write_processor_files(
+    out: Path,
+    image_seq_length: int,
+    image_size: int,
+    max_patches: int,
+    min_patches: int,
+    normalization: str,
+    template: str,
+) -> None:
+    """The files `AutoProcessor` assembles an `InternVLProcessor` from.
+
+    They are written directly, not through `InternVLProcessor.save_pretrained`: constructing
+    that class needs torchvision (for its video processor), which a training host may lack.
+    """
+    _image_processor(image_size, max_patches, min_patches, normalization).save_pretrained(out)
+    mean, std = NORMALIZATION[normalization]
+    video = {
+        "video_processor_type": "InternVLVideoProcessor",
+        "processor_class": "InternVLProcessor",
+        "size": {"height": image_size, "width": image_size},  # one tile per frame, as in training
+        "resample": 3,  # bicubic
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+    }
+    (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
+    processor = {"processor_class": "InternVLProcessor", "image_seq_length": image_seq_length}
+    (out / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    (out / "chat_template.jinja").write_text(chat_template(template))
+
+
+def export_hf(
+    model_or_checkpoint: InternVLForConditionalGeneration | str | Path,
+    out_dir: str | Path,
+    tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
+    *,
+    template: str = "internvl2_5",
+    normalization: str = "imagenet",
+    max_dynamic_patch: int = 12,
+    min_dynamic_patch: int = 1,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Write an HF-native model directory (weights, config, tokenizer, chat template, processors).
+
+    `model_or_checkpoint` is a built model, a Lightning `.ckpt`, or a stage output directory;
+    `tokenizer` defaults to the one that goes with it (the LLM dir of the run, or the stage dir).
+    """
+    from .load import resolve_model
+
+    model, tokenizer = resolve_model(model_or_checkpoint, tokenizer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
+
+    tokenizer = _save_tokenizer(tokenizer, out)
+    vcfg = model.config.vision_config
+    image_size = vcfg.image_size[0] if isinstance(vcfg.image_size, (list, tuple)) else vcfg.image_size
+    _write_processor_files(
+        out,
+        model.config.image_seq_length,
+        image_size,
+        max_dynamic_patch,
+        min_dynamic_patch,
+        normalization,
+        template,
+    )
+
+    end_id = tokenizer.convert_tokens_to_ids(IM_END)
+    eos = [i for i in (end_id, tokenizer.eos_token_id) if i is not None]
+    GenerationConfig(
+        eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id, do_sample=False
+    ).save_pretrained(out)
+    _write_training_info(
+        out, template=template, normalization=normalization, max_dynamic_patch=max_dynamic_patch
+    )
+    return out
+
+
+def _write_training_info(out: Path, **info: Any) -> None:
+    """Record the data settings the model was trained with (the next stage and the evaluator read it)."""
+    (out / "internvl_lightning.json").write_text(json.dumps(info, indent=2) + "\n")
