@@ -93,14 +93,31 @@ def _single(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, st
         "f.png": image_bytes(50, 70, "RGBA", "PNG", 6),
     }
     lines: list[dict | str] = [
-        {"id": "s1", "image": "a.jpg", "width": 64, "height": 48,
-         "conversations": _turns("<image>\nWhat colour is the circle?", "The circle is red.")},
+        {
+            "id": "s1",
+            "image": "a.jpg",
+            "width": 64,
+            "height": 48,
+            "conversations": _turns("<image>\nWhat colour is the circle?", "The circle is red."),
+        },
         {"id": "s2", "image": "b.png", "conversations": _turns("Describe the picture.", "A blue square.")},
-        {"id": "s3", "image": "c.png",
-         "conversations": _turns("<image>\nHow many objects?", "Three.", "And the left one?", "A star.")},
-        {"id": "s4", "image": "d.jpg",
-         "conversations": _turns("<image>\nWhat is shown?", "A cat.", system="You are a helpful assistant.")},
-        {"id": "s5", "image": "e.jpeg", "conversations": _turns("What is on the left?\n<image>", "A triangle.")},
+        {
+            "id": "s3",
+            "image": "c.png",
+            "conversations": _turns("<image>\nHow many objects?", "Three.", "And the left one?", "A star."),
+        },
+        {
+            "id": "s4",
+            "image": "d.jpg",
+            "conversations": _turns(
+                "<image>\nWhat is shown?", "A cat.", system="You are a helpful assistant."
+            ),
+        },
+        {
+            "id": "s5",
+            "image": "e.jpeg",
+            "conversations": _turns("What is on the left?\n<image>", "A triangle."),
+        },
         {"id": "s6", "image": "f.png", "conversations": _turns("<image>\nAnswer yes or no.", "yes")},
     ]
     errors: dict[int, str] = {}
@@ -112,19 +129,46 @@ def _single(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, st
         media["notimage.jpg"] = b"this is not an image at all, just text"
         extra: list[tuple[dict | str, str]] = [
             ('{"id": "broken", "image": "a.jpg", "conversations": [', INVALID_JSON),
-            ({"id": "roles", "image": "a.jpg", "conversations": _turns("Fine.", "<image>\nHi")[::-1]}, SCHEMA),
-            ({"id": "missing", "image": "nope.jpg", "conversations": _turns("<image>\nHi", "Hello.")}, MISSING_MEDIA),
-            ({"id": "trunc", "image": "trunc.jpg", "conversations": _turns("<image>\nHi", "Hello.")}, BAD_IMAGE),
-            ({"id": "empty", "image": "empty.png", "conversations": _turns("<image>\nHi", "Hello.")}, EMPTY_MEDIA),
-            ({"id": "wide", "image": "wide.png", "conversations": _turns("<image>\nHi", "Hello.")}, EXTREME_ASPECT),
-            ({"id": "tiny", "image": "tiny.png", "conversations": _turns("<image>\nHi", "Hello.")}, TOO_SMALL),
-            ({"id": "garbage", "image": "notimage.jpg", "conversations": _turns("<image>\nHi", "Hello.")}, BAD_IMAGE),
-            ({"id": "long", "image": "a.jpg",
-              "conversations": _turns("<image>\n" + "red green blue " * 800, "ok")}, TOO_LONG),
+            (
+                {"id": "roles", "image": "a.jpg", "conversations": _turns("Fine.", "<image>\nHi")[::-1]},
+                SCHEMA,
+            ),
+            (
+                {"id": "missing", "image": "nope.jpg", "conversations": _turns("<image>\nHi", "Hello.")},
+                MISSING_MEDIA,
+            ),
+            (
+                {"id": "trunc", "image": "trunc.jpg", "conversations": _turns("<image>\nHi", "Hello.")},
+                BAD_IMAGE,
+            ),
+            (
+                {"id": "empty", "image": "empty.png", "conversations": _turns("<image>\nHi", "Hello.")},
+                EMPTY_MEDIA,
+            ),
+            (
+                {"id": "wide", "image": "wide.png", "conversations": _turns("<image>\nHi", "Hello.")},
+                EXTREME_ASPECT,
+            ),
+            (
+                {"id": "tiny", "image": "tiny.png", "conversations": _turns("<image>\nHi", "Hello.")},
+                TOO_SMALL,
+            ),
+            (
+                {"id": "garbage", "image": "notimage.jpg", "conversations": _turns("<image>\nHi", "Hello.")},
+                BAD_IMAGE,
+            ),
+            (
+                {
+                    "id": "long",
+                    "image": "a.jpg",
+                    "conversations": _turns("<image>\n" + "red green blue " * 800, "ok"),
+                },
+                TOO_LONG,
+            ),
         ]
-        for k, (line, reason) in enumerate(extra):
+        for k, (line, _) in enumerate(extra):
             lines.insert(1 + 2 * k, line)  # interleave with good samples
-        errors = {i + 1: r for i, line in enumerate(lines) for ln, r in extra if line is ln}
+        errors = {next(i for i, ln in enumerate(lines) if ln is line) + 1: reason for line, reason in extra}
     return media, lines, errors
 
 
@@ -135,21 +179,41 @@ def _multi(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, str
         "m3.jpg": image_bytes(64, 128, "RGB", "JPEG", 13),
     }
     lines: list[dict | str] = [
-        {"id": "m1", "image": ["m1.jpg", "m2.png"],
-         "conversations": _turns("Image-1: <image>\nImage-2: <image>\nWhat changed?", "The colour.")},
-        {"id": "m2", "image": ["m1.jpg", "m2.png", "m3.jpg"], "width_list": [96, 40, 64],
-         "height_list": [64, 40, 128],
-         "conversations": _turns("<image>\n<image>\n<image>\nCompare.", "They differ.")},
-        {"id": "m3", "image": ["m3.jpg", "m1.jpg"],
-         "conversations": _turns("<image>\nFirst.", "OK.", "<image>\nSecond?", "A cat.")},
+        {
+            "id": "m1",
+            "image": ["m1.jpg", "m2.png"],
+            "conversations": _turns("Image-1: <image>\nImage-2: <image>\nWhat changed?", "The colour."),
+        },
+        {
+            "id": "m2",
+            "image": ["m1.jpg", "m2.png", "m3.jpg"],
+            "width_list": [96, 40, 64],
+            "height_list": [64, 40, 128],
+            "conversations": _turns("<image>\n<image>\n<image>\nCompare.", "They differ."),
+        },
+        {
+            "id": "m3",
+            "image": ["m3.jpg", "m1.jpg"],
+            "conversations": _turns("<image>\nFirst.", "OK.", "<image>\nSecond?", "A cat."),
+        },
     ]
     errors: dict[int, str] = {}
     if bad:
-        lines.append({"id": "count", "image": ["m1.jpg", "m2.png"],
-                      "conversations": _turns("<image>\nOnly one placeholder.", "Hm.")})
+        lines.append(
+            {
+                "id": "count",
+                "image": ["m1.jpg", "m2.png"],
+                "conversations": _turns("<image>\nOnly one placeholder.", "Hm."),
+            }
+        )
         errors[len(lines)] = SCHEMA
-        lines.append({"id": "m4", "image": ["m2.png", "m1.jpg"],
-                      "conversations": _turns("<image><image>\nSame?", "No.")})
+        lines.append(
+            {
+                "id": "m4",
+                "image": ["m2.png", "m1.jpg"],
+                "conversations": _turns("<image><image>\nSame?", "No."),
+            }
+        )
     return media, lines, errors
 
 
@@ -162,7 +226,9 @@ def _video(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, str
     errors: dict[int, str] = {}
     if bad:
         media["broken.mp4"] = b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 64
-        lines.insert(1, {"id": "vbad", "video": "broken.mp4", "conversations": _turns("<video>\nHi", "Hello.")})
+        lines.insert(
+            1, {"id": "vbad", "video": "broken.mp4", "conversations": _turns("<video>\nHi", "Hello.")}
+        )
         errors[2] = BAD_VIDEO
     return media, lines, errors
 
@@ -183,7 +249,9 @@ def _text(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, str]
 _KINDS = {"single": _single, "multi": _multi, "video": _video, "text": _text}
 
 
-def write_dataset(root: str | Path, bad: bool = False, max_dynamic_patch: dict[str, int] | None = None) -> SyntheticData:
+def write_dataset(
+    root: str | Path, bad: bool = False, max_dynamic_patch: dict[str, int] | None = None
+) -> SyntheticData:
     """Write ``root/meta.json``, one JSONL per dataset and its media under ``root/<dataset>/``."""
     root = Path(root)
     data = SyntheticData(root=root, meta=root / "meta.json")
@@ -194,12 +262,19 @@ def write_dataset(root: str | Path, bad: bool = False, max_dynamic_patch: dict[s
         media_dir.mkdir(parents=True, exist_ok=True)
         for rel, payload in media.items():
             (media_dir / rel).write_bytes(payload)
-        text = "".join((ln if isinstance(ln, str) else json.dumps(ln, ensure_ascii=False)) + "\n" for ln in lines)
+        text = "".join(
+            (ln if isinstance(ln, str) else json.dumps(ln, ensure_ascii=False)) + "\n" for ln in lines
+        )
         (root / f"{name}.jsonl").write_text(text, encoding="utf-8")
         data.lines[name] = len(lines)
         data.bad.update({(name, n): r for n, r in errors.items()})
-        meta[name] = {"root": str(media_dir), "annotation": str(root / f"{name}.jsonl"),
-                      "data_augment": name != "video", "repeat_time": 1, "length": len(lines)}
+        meta[name] = {
+            "root": str(media_dir),
+            "annotation": str(root / f"{name}.jsonl"),
+            "data_augment": name != "video",
+            "repeat_time": 1,
+            "length": len(lines),
+        }
         if max_dynamic_patch and name in max_dynamic_patch:
             meta[name]["max_dynamic_patch"] = max_dynamic_patch[name]
     data.meta.write_text(json.dumps(meta, indent=2) + "\n")

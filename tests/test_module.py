@@ -9,7 +9,7 @@ import torch
 from internvl_lightning.data.accumulate import StepWindow
 from internvl_lightning.data.collate import PackingCollator
 from internvl_lightning.data.packing import EncodedSample
-from internvl_lightning.model.presets import get_preset, tokens_per_tile
+from internvl_lightning.model.presets import tokens_per_tile
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.loss import weighted_loss
 from internvl_lightning.training.module import InternVLChat
@@ -49,7 +49,11 @@ def module(tiny_components):
 def test_packed_equals_one_by_one(module, reduction):
     """(c) per-sample losses and the gradient of the packed loss equal the unpacked computation."""
     model = module.model
-    samples = [make_sample("a", 11, 1, model, 1), make_sample("b", 9, 0, model, 2), make_sample("c", 14, 2, model, 3)]
+    samples = [
+        make_sample("a", 11, 1, model, 1),
+        make_sample("b", 9, 0, model, 2),
+        make_sample("c", 14, 2, model, 3),
+    ]
     collate = PackingCollator(loss_reduction=reduction, image_size=model.config.vision_config.image_size[0])
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -104,7 +108,9 @@ def _fit(module, batches, accumulate=1, callbacks=(), max_steps=1):
 def test_accumulation_equals_combined_batch(tiny_components, reduction):
     """(d) two micro-batches accumulated give the gradient of one batch holding both packs."""
     ref = make_module(tiny_components)
-    collate = PackingCollator(loss_reduction=reduction, image_size=ref.model.config.vision_config.image_size[0])
+    collate = PackingCollator(
+        loss_reduction=reduction, image_size=ref.model.config.vision_config.image_size[0]
+    )
     pack1 = [make_sample("a", 12, 1, ref.model, 1), make_sample("b", 7, 0, ref.model, 2)]
     pack2 = [make_sample("c", 20, 2, ref.model, 3)]
 
@@ -123,7 +129,10 @@ STAGES = {
     "stage1": (dict(freeze_llm=True, freeze_backbone=True), {"mlp"}),
     "stage1.5": (dict(freeze_llm=True), {"vision", "mlp"}),
     "stage2": (dict(), {"vision", "mlp", "llm"}),
-    "head_only": (dict(freeze_llm=True, freeze_backbone=True, freeze_mlp=True, unfreeze_lm_head=True), {"lm_head"}),
+    "head_only": (
+        dict(freeze_llm=True, freeze_backbone=True, freeze_mlp=True, unfreeze_lm_head=True),
+        {"lm_head"},
+    ),
 }
 
 
@@ -141,7 +150,9 @@ def _component(name: str) -> str:
 def test_freeze_flags_after_a_step(tiny_components, stage):
     """(e) frozen tensors are bit-identical after a step, trainable ones changed; no state for frozen ones."""
     flags, trains = STAGES[stage]
-    module = make_module(tiny_components, lr=1e-2, gradient_checkpointing_vit=True, gradient_checkpointing_llm=True)
+    module = make_module(
+        tiny_components, lr=1e-2, gradient_checkpointing_vit=True, gradient_checkpointing_llm=True
+    )
     cb = FreezeSchedule(**flags)
     cb.apply(module.model)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}

@@ -56,8 +56,13 @@ def run_lightning(argv: list[str]) -> None:
 
     from .data.datamodule import InternVLDataModule
     from .training.module import InternVLChat
+    from .training.wiring import link_model_to_data
 
-    LightningCLI(
+    class InternVLCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            link_model_to_data(parser)
+
+    InternVLCLI(
         InternVLChat,
         InternVLDataModule,
         args=argv,

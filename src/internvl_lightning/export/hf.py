@@ -142,6 +142,7 @@ def export_hf(
 
     `model_or_checkpoint` is a built model, a Lightning `.ckpt`, or a stage output directory;
     `tokenizer` defaults to the one that goes with it (the LLM dir of the run, or the stage dir).
+    `dtype` converts the model in place before saving (e.g. torch.bfloat16 for serving).
     """
     from .load import resolve_model
 

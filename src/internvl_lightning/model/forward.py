@@ -61,7 +61,9 @@ def vlm_hidden_states(
                 "the data's tokens_per_tile must match the model (image_size, patch_size, downsample_ratio)"
             )
         feats = feats.reshape(-1, feats.shape[-1]).to(inputs_embeds.dtype)
-        inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats) + anchor.to(inputs_embeds.dtype)
+        inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats) + anchor.to(
+            inputs_embeds.dtype
+        )
     out = model.model.language_model(
         inputs_embeds=inputs_embeds,
         position_ids=position_ids,

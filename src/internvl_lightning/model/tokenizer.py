@@ -103,7 +103,9 @@ def add_vlm_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.add_tokens(list(VLM_SPECIAL_TOKENS), special_tokens=True)
 
 
-def check_chat_tokens(tokenizer: PreTrainedTokenizerBase, where: str, tokens: tuple[str, ...] = (IM_START, IM_END)) -> None:
+def check_chat_tokens(
+    tokenizer: PreTrainedTokenizerBase, where: str, tokens: tuple[str, ...] = (IM_START, IM_END)
+) -> None:
     """Fail clearly when a chat-template marker would be split into several tokens."""
     for token in tokens:
         ids = tokenizer.encode(token, add_special_tokens=False)

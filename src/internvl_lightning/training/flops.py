@@ -64,7 +64,9 @@ class FlopsModel:
 
     def step_flops(self, tokens: int, sample_lengths: list[int], tiles: int) -> float:
         """Training FLOPs for `tokens` LLM tokens (samples of the given lengths) and `tiles` ViT tiles."""
-        llm = 6 * self.llm_params * tokens + 12 * self.llm_layers * self.llm_hidden * sum(t * t for t in sample_lengths)
+        llm = 6 * self.llm_params * tokens + 12 * self.llm_layers * self.llm_hidden * sum(
+            t * t for t in sample_lengths
+        )
         v = self.vit_tokens_per_tile
         vit = tiles * (6 * self.vit_params * v + 12 * self.vit_layers * self.vit_hidden * v * v)
         mlp = tiles * 6 * self.mlp_params * self.llm_tokens_per_tile

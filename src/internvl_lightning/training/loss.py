@@ -21,13 +21,17 @@ from torch.utils.checkpoint import checkpoint
 from ..constants import IGNORE_INDEX
 
 
-def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+def _chunk_ce(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
     """(n, D) hidden -> per-token CE (n,) in fp32; logits exist only inside this call."""
     logits = F.linear(hidden, weight, bias).float()  # (n, V)
     return F.cross_entropy(logits, targets, reduction="none")
 
 
-def shifted_targets(labels: torch.Tensor, loss_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def shifted_targets(
+    labels: torch.Tensor, loss_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Positions (flat index into B*(L-1)), their target ids and weights for next-token prediction."""
     tgt = labels[:, 1:].reshape(-1)  # position t predicts token t+1
     if loss_weight is None:
@@ -85,7 +89,11 @@ def weighted_loss(
 
 
 def per_sample_losses(
-    hidden: torch.Tensor, lm_head: torch.nn.Linear, labels: torch.Tensor, sample_index: torch.Tensor, chunk_size: int = 4096
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Linear,
+    labels: torch.Tensor,
+    sample_index: torch.Tensor,
+    chunk_size: int = 4096,
 ) -> dict[int, torch.Tensor]:
     """Token-mean CE per packed sample (for evaluation and tests): {sample id: loss}."""
     ce, _, idx = chunked_token_ce(hidden, lm_head, labels, None, chunk_size)

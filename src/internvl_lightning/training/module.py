@@ -93,7 +93,9 @@ class InternVLChat(L.LightningModule):
         if h.init_from:
             self.model = load_pretrained_vlm(h.init_from, **options)
         else:
-            self.model = build_model(vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options)
+            self.model = build_model(
+                vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options
+            )
         # Non-reentrant checkpointing: frozen inputs (stage 1) raise no "does not require grad".
         kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
         if h.gradient_checkpointing_vit:
@@ -110,7 +112,11 @@ class InternVLChat(L.LightningModule):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Last hidden states (B, L, D) of a packed batch."""
         return vlm_hidden_states(
-            self.model, batch["input_ids"], batch.get("position_ids"), batch.get("pixel_values"), batch.get("image_flags")
+            self.model,
+            batch["input_ids"],
+            batch.get("position_ids"),
+            batch.get("pixel_values"),
+            batch.get("image_flags"),
         )
 
     # ---- loss ----------------------------------------------------------------------------
@@ -124,7 +130,10 @@ class InternVLChat(L.LightningModule):
         stats = batch.get("stats") or {}
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         if "step_weight_sum" in stats:
-            denom, scale = torch.tensor(float(stats["step_weight_sum"]), device=local_wsum.device), float(accumulate)
+            denom, scale = (
+                torch.tensor(float(stats["step_weight_sum"]), device=local_wsum.device),
+                float(accumulate),
+            )
         else:
             denom, scale = local_wsum.detach().clone(), 1.0
         if self.hparams.loss_reduction_all_gather and dist.is_available() and dist.is_initialized():
@@ -135,9 +144,15 @@ class InternVLChat(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hidden = self(batch)
         labels, weights = batch["labels"], batch.get("loss_weight")
-        local = (weights[:, 1:] * (labels[:, 1:] != -100)).sum() if weights is not None else (labels[:, 1:] != -100).sum()
+        local = (
+            (weights[:, 1:] * (labels[:, 1:] != -100)).sum()
+            if weights is not None
+            else (labels[:, 1:] != -100).sum()
+        )
         denom, scale = self._denominator(batch, local.float())
-        loss, wsum = weighted_loss(hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size)
+        loss, wsum = weighted_loss(
+            hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size
+        )
         # What we show is this micro-batch's own weighted mean, comparable across steps.
         shown = loss.detach() * denom / wsum.clamp_min(1e-12)
         self.log("train/loss", shown, prog_bar=True, on_step=True, batch_size=1)
@@ -170,9 +185,13 @@ class InternVLChat(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms = [
+            p.grad.detach().norm(2) for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+        ]
         if norms:
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, batch_size=1)
+            self.log(
+                "train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, batch_size=1
+            )
 
     # ---- metrics -------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -193,7 +212,9 @@ class InternVLChat(L.LightningModule):
                 self.log(f"train/{key}", float(stats[key]), on_step=True, batch_size=1)
         if self._t_last is not None and stats:
             dt = max(now - self._t_last, 1e-9)
-            self.log("train/tokens_per_s", stats["real_tokens"] / dt, prog_bar=True, on_step=True, batch_size=1)
+            self.log(
+                "train/tokens_per_s", stats["real_tokens"] / dt, prog_bar=True, on_step=True, batch_size=1
+            )
             self.log("train/samples_per_s", stats["samples"] / dt, on_step=True, batch_size=1)
             self.log("train/tiles_per_s", stats["tiles"] / dt, on_step=True, batch_size=1)
             peak = self.hparams.peak_flops or (

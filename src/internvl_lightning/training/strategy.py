@@ -16,7 +16,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 PERSISTENCE_THRESHOLD = {"default": int(1e7), "34b": int(1e5), "70b": int(1e5), "100b": int(1e4)}
 
 
-def zero_config(stage: int, size: str = "default", bucket_size: int | None = None, offload: bool = False) -> dict[str, Any]:
+def zero_config(
+    stage: int, size: str = "default", bucket_size: int | None = None, offload: bool = False
+) -> dict[str, Any]:
     """The `zero_optimization` block of a DeepSpeed config, as in the reference JSONs.
 
     Args:
@@ -28,11 +30,18 @@ def zero_config(stage: int, size: str = "default", bucket_size: int | None = Non
     if stage not in (1, 2, 3):
         raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
     if size not in PERSISTENCE_THRESHOLD:
-        raise ValueError(f"unknown ZeRO-3 size variant {size!r}; choose one of {sorted(PERSISTENCE_THRESHOLD)}")
+        raise ValueError(
+            f"unknown ZeRO-3 size variant {size!r}; choose one of {sorted(PERSISTENCE_THRESHOLD)}"
+        )
     bucket = int(bucket_size or (1e8 if stage == 2 else 1e9))
     cfg: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
     if stage in (1, 2):
-        cfg.update(allgather_partitions=True, allgather_bucket_size=bucket, reduce_scatter=True, reduce_bucket_size=bucket)
+        cfg.update(
+            allgather_partitions=True,
+            allgather_bucket_size=bucket,
+            reduce_scatter=True,
+            reduce_bucket_size=bucket,
+        )
     else:
         cfg.update(
             sub_group_size=bucket,
@@ -51,7 +60,11 @@ def zero_config(stage: int, size: str = "default", bucket_size: int | None = Non
 
 
 def deepspeed_config(
-    stage: int, size: str = "default", bucket_size: int | None = None, offload: bool = False, gradient_clipping: float = 1.0
+    stage: int,
+    size: str = "default",
+    bucket_size: int | None = None,
+    offload: bool = False,
+    gradient_clipping: float = 1.0,
 ) -> dict[str, Any]:
     """A DeepSpeed config for Lightning: clipping and the ZeRO block.
 

@@ -1,0 +1,346 @@
+"""``InternVLDataModule``: shards (``index.json``) or URL lists -> :class:`PackedStream` -> batches.
+
+One config block, plain types, so LightningCLI builds it from YAML. The stream is endless (the
+trainer's ``max_steps`` ends the run; data epochs are reseeded and counted) unless ``epochs`` is
+set, then one data epoch is one trainer epoch. Lightning checkpoints ``state_dict()``: the state of
+every rank's loader (gathered), so a restart continues with the exact next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..model.tokenizer import add_vlm_tokens
+from .accumulate import StepWindow
+from .collate import PackingCollator
+from .encode import EncodeConfig
+from .shard import load_tokenizer
+from .sources import DatasetSource, ShardInfo, expand_urls, load_index
+from .stream import STATE_KEY, PackedStream, ResumableLoader, ShardEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackingConfig:
+    """Packer budgets (reference §4.2; InternVL2.5 scripts: 16384 / 48 / 20) and the loss reduction."""
+
+    max_packed_tokens: int = 16384
+    num_images_expected: int = 48
+    max_buffer_size: int = 20
+    algorithm: Literal["greedy", "reference"] = "greedy"
+    loss_reduction: Literal["token", "sample", "square"] = "square"
+    strict_mode: bool = False
+    allow_overflow: bool = False
+    pad_to_budget: bool = False
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A dataset given as shard URLs (no index): brace patterns, ``pipe:``, ``http(s)://`` ...
+
+    The mixture needs ``weight`` or ``num_samples`` (used as the reference does: count after
+    ``repeat_time``); ``repeat_time`` < 1 needs per-shard counts, i.e. an index.
+    """
+
+    urls: list[str]
+    weight: float | None = None
+    num_samples: int | None = None
+    repeat_time: float = 1.0
+    data_augment: bool = False
+    max_dynamic_patch: int | None = None
+
+
+def sources_from_urls(config: dict[str, SourceConfig | dict]) -> list[DatasetSource]:
+    """Datasets from URL lists; weights from ``weight`` or ``num_samples`` x repeat."""
+    out = []
+    for name, c in config.items():
+        c = c if isinstance(c, SourceConfig) else SourceConfig(**c)
+        if c.repeat_time < 1:
+            raise ValueError(
+                f"source {name!r}: repeat_time < 1 needs per-shard counts (use the shard tool's index)"
+            )
+        weight = c.weight
+        if weight is None:
+            if c.num_samples is None:
+                raise ValueError(f"source {name!r}: give weight or num_samples")
+            weight = float(c.num_samples * int(c.repeat_time))
+        shards = [ShardInfo(u) for u in expand_urls(c.urls)]
+        if not shards:
+            raise ValueError(f"source {name!r}: no shard URLs")
+        out.append(DatasetSource(name, shards, c.repeat_time, weight, c.data_augment, c.max_dynamic_patch))
+    return out
+
+
+def sources_from_index(roots: str | Iterable[str]) -> tuple[list[dict], list[DatasetSource]]:
+    """Datasets of one or more shard directories / URL prefixes holding an ``index.json``."""
+    headers, out = [], []
+    for root in [roots] if isinstance(roots, str | os.PathLike) else roots:
+        header, srcs = load_index(str(root))
+        headers.append(header)
+        out += srcs
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names repeat across shard directories: {names}")
+    return headers, out
+
+
+class InternVLDataModule(pl.LightningDataModule):
+    """Packed, resumable training batches (DESIGN.md batch contract) from WebDataset shards.
+
+    ``shards``: shard directory (or URL prefix, or a list of them) with the shard tool's
+    ``index.json``; or ``sources``: dataset name -> :class:`SourceConfig`. ``tokenizer``: the LLM
+    directory (InternVL's tokens are added) or a loaded tokenizer. ``batch_size``: packs per step.
+    ``sqrt_resampling``: mixture weights by sqrt(count) (reference ``--use_data_resampling``).
+    ``replacement``: restart an exhausted dataset instead of dropping it until the epoch ends.
+    ``epochs``: None = endless stream; N = one data epoch per trainer epoch (set max_epochs=N).
+    ``val_shards``: optional validation shards (one pass, no shuffling, no augmentation).
+    Batches carry ``stats`` (token_fill, tile_fill, samples, ...) for logging packing efficiency.
+    """
+
+    def __init__(
+        self,
+        shards: str | list[str] | None = None,
+        sources: dict[str, SourceConfig] | None = None,
+        tokenizer: str | None = None,
+        template: str = "internvl2_5",
+        image_size: int = 448,
+        tokens_per_tile: int = 256,
+        min_dynamic_patch: int = 1,
+        max_dynamic_patch: int = 12,
+        use_thumbnail: bool = True,
+        normalization: str = "imagenet",
+        min_num_frames: int = 8,
+        max_num_frames: int = 32,
+        video_sampling: str = "rand",
+        packing: PackingConfig = PackingConfig(),
+        shuffle_buffer: int = 100,
+        shuffle_shards: bool = True,
+        seed: int = 0,
+        num_workers: int = 4,
+        batch_size: int = 1,
+        sqrt_resampling: bool = False,
+        replacement: bool = False,
+        epochs: int | None = None,
+        val_shards: str | list[str] | None = None,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ) -> None:
+        super().__init__()
+        if (shards is None) == (sources is None):
+            raise ValueError(
+                "give exactly one of --data.shards=DIR (the `shard` command's output, with index.json) "
+                "or --data.sources (dataset -> URL lists)"
+            )
+        if epochs is not None and replacement:
+            raise ValueError("replacement never ends an epoch: use max_steps (epochs=None) with it")
+        self.shards, self.sources, self.val_shards = shards, sources, val_shards
+        self.tokenizer = tokenizer
+        self.packing = packing if isinstance(packing, PackingConfig) else PackingConfig(**packing)
+        self.encode_config = EncodeConfig(
+            template=template,
+            image_size=image_size,
+            tokens_per_tile=tokens_per_tile,
+            min_dynamic_patch=min_dynamic_patch,
+            max_dynamic_patch=max_dynamic_patch,
+            use_thumbnail=use_thumbnail,
+            normalization=normalization,
+            min_num_frames=min_num_frames,
+            max_num_frames=max_num_frames,
+            video_sampling=video_sampling,
+            max_length=self.packing.max_packed_tokens,  # longer samples could never be packed
+        )
+        self.shuffle_buffer, self.shuffle_shards, self.seed = shuffle_buffer, shuffle_shards, seed
+        self.num_workers, self.batch_size = num_workers, batch_size
+        self.sqrt_resampling, self.replacement, self.epochs = sqrt_resampling, replacement, epochs
+        self.loader_kwargs: dict[str, Any] = {"pin_memory": pin_memory}
+        if prefetch_factor is not None and num_workers > 0:
+            self.loader_kwargs["prefetch_factor"] = prefetch_factor
+        self._tok: Any = None
+        self._train_sources: list[DatasetSource] | None = None
+        self._train: ResumableLoader | None = None
+        self._pending: list[dict] | None = None  # loaded state, applied when the loader is built
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._tok is None:
+            self._tok = self._load_tokenizer()
+        if self._train_sources is None:
+            if self.shards is not None:
+                headers, self._train_sources = sources_from_index(self.shards)
+                self._check_headers(headers)
+            else:
+                self._train_sources = sources_from_urls(self.sources or {})
+
+    def _load_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("InternVLDataModule needs tokenizer (the LLM directory)")
+        if isinstance(self.tokenizer, str | os.PathLike):
+            return load_tokenizer(self.tokenizer)
+        add_vlm_tokens(self.tokenizer)  # a tokenizer object (notebooks, tests)
+        return self.tokenizer
+
+    def _check_headers(self, headers: list[dict]) -> None:
+        """Warn when shards were counted with other settings (their stored counts then differ)."""
+        cfg = self.encode_config
+        for h in headers:
+            for key, mine in (("image_size", cfg.image_size), ("tokens_per_tile", cfg.tokens_per_tile)):
+                if key in h and h[key] != mine:
+                    log.warning("shards were written with %s=%s, this run uses %s", key, h[key], mine)
+            if h.get("template", cfg.template) != cfg.template:
+                log.warning(
+                    "shards were written with template %s, this run uses %s", h["template"], cfg.template
+                )
+
+    @property
+    def tokenizer_object(self) -> Any:
+        """The loaded tokenizer (after ``setup``)."""
+        if self._tok is None:
+            self.setup()
+        return self._tok
+
+    def _layout(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def collator(self) -> PackingCollator:
+        p = self.packing
+        return PackingCollator(
+            self.tokenizer_object.pad_token_id or 0,
+            p.loss_reduction,
+            p.max_packed_tokens,
+            p.num_images_expected,
+            p.pad_to_budget,
+            self.encode_config.image_size,
+        )
+
+    def build_stream(self, rank: int = 0, world_size: int = 1, val: bool = False) -> PackedStream:
+        """The stream of one rank (``val``: the validation shards, one unshuffled pass)."""
+        self.setup()
+        p = self.packing
+        packing = {
+            "max_packed_tokens": p.max_packed_tokens,
+            "num_images_expected": p.num_images_expected,
+            "max_buffer_size": p.max_buffer_size,
+            "algorithm": p.algorithm,
+            "strict_mode": p.strict_mode,
+            "allow_overflow": p.allow_overflow,
+        }
+        if val:
+            _, srcs = sources_from_index(self.val_shards)  # type: ignore[arg-type]
+            for s in srcs:
+                s.data_augment = False
+            opts = {
+                "shuffle_buffer": 0,
+                "shuffle_shards": False,
+                "stop_at_epoch_end": True,
+                "snapshots": False,
+            }
+        else:
+            srcs = self._train_sources  # type: ignore[assignment]
+            opts = {
+                "shuffle_buffer": self.shuffle_buffer,
+                "shuffle_shards": self.shuffle_shards,
+                "sqrt_weights": self.sqrt_resampling,
+                "replacement": self.replacement,
+                "stop_at_epoch_end": self.epochs is not None,
+            }
+        encoder = ShardEncoder(self.encode_config, self.tokenizer_object)
+        return PackedStream(
+            srcs,
+            encoder,
+            self.collator(),
+            packing,
+            self.batch_size,
+            self.seed,
+            rank=rank,
+            world_size=world_size,
+            **opts,
+        )
+
+    # -- loaders ----------------------------------------------------------------------------
+    def train_dataloader(self) -> Iterable[dict]:
+        rank, world = self._layout()
+        trainer = self.trainer
+        if (
+            self.epochs is not None
+            and trainer is not None
+            and trainer.max_epochs not in (None, -1, self.epochs)
+        ):
+            log.warning("data epochs=%s but trainer max_epochs=%s", self.epochs, trainer.max_epochs)
+        previous = self._train.state_dict() if self._train is not None else None
+        # Inside a trainer the snapshot is recorded when the batch is used (on_before_batch_transfer),
+        # not when fetched: Lightning fetches one batch ahead.
+        loader = ResumableLoader(
+            self.build_stream(rank, world),
+            self.num_workers,
+            record_on_yield=trainer is None,
+            **self.loader_kwargs,
+        )
+        self._train = loader
+        if self._pending is not None:
+            self._apply_pending()
+        elif previous is not None:
+            loader.load_state_dict(previous)
+        return StepWindow(loader, self._accumulation)
+
+    def _accumulation(self) -> int:
+        return int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1)
+
+    def val_dataloader(self) -> Iterable[dict]:
+        if self.val_shards is None:
+            return []
+        rank, world = self._layout()
+        stream = self.build_stream(rank, world, val=True)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, **self.loader_kwargs)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The batch is now really used: remember its worker snapshot and drop it from the batch.
+        if isinstance(batch, dict) and STATE_KEY in batch:
+            if self._train is not None:
+                self._train.record(batch)
+            else:
+                batch.pop(STATE_KEY)
+        return batch
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's loader state (a collective call under torch.distributed)."""
+        if self._train is None:
+            return {"train": self._pending} if self._pending is not None else {}
+        local = self._train.state_dict()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, local)
+        else:
+            ranks = [local]
+        return {"train": ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state.get("train"):
+            return
+        self._pending = list(state["train"])
+        if self._train is not None:  # loader already built: apply now
+            self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        rank, world = self._layout()
+        if len(self._pending) != world:  # type: ignore[arg-type]
+            raise ValueError(f"data state was saved by {len(self._pending)} ranks, this run has {world}")  # type: ignore[arg-type]
+        self._train.load_state_dict(self._pending[rank])  # type: ignore[union-attr,index]
+        self._pending = None
+
+    def data_stats(self) -> dict[int, dict]:
+        """Per worker of this rank: samples read per dataset, encoded, skipped (+ last errors), packer stats."""
+        return self._train.worker_stats() if self._train is not None else {}

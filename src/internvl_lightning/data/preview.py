@@ -1,0 +1,116 @@
+"""Text previews of what training sees: decoded samples with their trained spans, and one packed batch.
+
+``python -m internvl_lightning inspect --shards DIR --tokenizer LLM_DIR`` prints :func:`preview`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import Any
+
+from ..constants import IGNORE_INDEX
+from .datamodule import InternVLDataModule, PackingConfig
+from .sources import load_index
+from .stream import STATE_KEY
+from .templates import render_with_labels
+
+_ENCODE_ARGS = (
+    "template",
+    "image_size",
+    "tokens_per_tile",
+    "min_dynamic_patch",
+    "max_dynamic_patch",
+    "use_thumbnail",
+    "normalization",
+    "min_num_frames",
+    "max_num_frames",
+    "video_sampling",
+)
+
+
+def datamodule_for(shards: str | Path, tokenizer: Any, **overrides: Any) -> InternVLDataModule:
+    """A single-process DataModule over ``shards`` with the encode settings the shards were written with."""
+    header, _ = load_index(str(shards))
+    encode = dict(
+        header.get("encode", {}),
+        **{k: header[k] for k in ("template", "image_size", "tokens_per_tile") if k in header},
+    )
+    kwargs = {k: v for k, v in encode.items() if k in _ENCODE_ARGS}
+    kwargs.update(num_workers=0, **overrides)
+    return InternVLDataModule(shards=str(shards), tokenizer=tokenizer, **kwargs)
+
+
+def _sample_text(s: Any, tokenizer: Any) -> str:
+    trained = int((s.labels != IGNORE_INDEX).sum())
+    head = f"[{s.dataset}:{s.id}] {s.num_tokens} tokens ({trained} trained), {s.num_tiles} tiles"
+    return head + "\n" + render_with_labels(s.input_ids, s.labels, tokenizer)
+
+
+def _runs(values: list[int], limit: int = 12) -> str:
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def preview(source: InternVLDataModule | str | Path, tokenizer: Any = None, n: int = 1) -> str:
+    """``n`` decoded samples (trained spans in ``[[...]]``, image runs as ``<IMG_CONTEXT>×N``) and one
+    packed batch (its samples, position restarts, cu_seqlens, fills) as text."""
+    dm = source if isinstance(source, InternVLDataModule) else datamodule_for(source, tokenizer)
+    tok = dm.tokenizer_object
+    stream = dm.build_stream()
+    out = [f"== {n} sample(s), in stream order (trained spans in [[...]])"]
+    for i, s in enumerate(itertools.islice(stream.samples(), n)):
+        out += [f"-- sample {i + 1}", _sample_text(s, tok)]
+    packs = list(itertools.islice(stream.packs(), dm.batch_size))
+    batch = stream.collate(packs)
+    batch.pop(STATE_KEY, None)
+    ids = batch["input_ids"]
+    out.append(f"== one batch: {ids.shape[0]} pack(s) x {ids.shape[1]} tokens")
+    for k, pack in enumerate(packs):
+        names = ", ".join(f"{s.dataset}:{s.id} ({s.num_tokens} tok, {s.num_tiles} tiles)" for s in pack)
+        pos = batch["position_ids"][k].tolist()
+        starts = [j for j, p in enumerate(pos) if p == 0]
+        out += [f"pack {k}: {len(pack)} samples: {names}", f"  position_ids restart at {_runs(starts)}"]
+    flags = batch["image_flags"]
+    out += [
+        f"cu_seqlens: {_runs(batch['cu_seqlens'].tolist(), 24)}  max_seqlen: {batch['max_seqlen']}",
+        f"pixel_values: {tuple(batch['pixel_values'].shape)}  image_flags: {int(flags.sum())} real / {flags.numel()}",
+        "stats: "
+        + ", ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in batch["stats"].items()
+        ),
+    ]
+    return "\n".join(out)
+
+
+def add_inspect_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``python -m internvl_lightning inspect``."""
+    d = PackingConfig()
+    parser.add_argument(
+        "--shards", required=True, help="shard directory with index.json (the shard tool's output)"
+    )
+    parser.add_argument("--tokenizer", required=True, help="LLM directory holding its tokenizer")
+    parser.add_argument(
+        "-n", "--num-samples", type=int, default=1, help="samples to show (default %(default)s)"
+    )
+    parser.add_argument("--max-packed-tokens", type=int, default=d.max_packed_tokens)
+    parser.add_argument("--num-images-expected", type=int, default=d.num_images_expected)
+    parser.add_argument("--max-buffer-size", type=int, default=d.max_buffer_size)
+    parser.add_argument("--batch-size", type=int, default=1, help="packs per batch (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Print the preview; 0 on success."""
+    packing = PackingConfig(
+        max_packed_tokens=args.max_packed_tokens,
+        num_images_expected=args.num_images_expected,
+        max_buffer_size=args.max_buffer_size,
+    )
+    dm = datamodule_for(
+        args.shards, args.tokenizer, packing=packing, batch_size=args.batch_size, seed=args.seed
+    )
+    print(preview(dm, n=args.num_samples))
+    return 0

@@ -1,0 +1,313 @@
+"""Per-sample checks of the shard tool and its deterministic tar writer.
+
+:func:`check_sample` reads a record's media from disk, checks that it decodes, counts the sample's
+tokens and tiles, and returns the tar members to write, or raises :class:`Rejected` with a reason
+code from :data:`REASONS`. :class:`TarShards` writes members into size-capped tar files whose bytes
+depend only on their content (fixed header fields, no timestamps).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import re
+import tarfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from PIL import Image
+
+from .encode import EncodeConfig, count_sample
+from .image import MAX_ASPECT, MIN_SIDE
+from .schema import SampleError, SampleTooLong, validate_sample
+
+INVALID_JSON = "invalid_json"
+SCHEMA = "schema"
+MISSING_MEDIA = "missing_media"
+EMPTY_MEDIA = "empty_media"
+BAD_IMAGE = "bad_image"
+IMAGE_TOO_SMALL = "image_too_small"
+EXTREME_ASPECT = "extreme_aspect"
+BAD_VIDEO = "bad_video"
+TOO_LONG = "too_long"
+REASONS = (
+    INVALID_JSON,
+    SCHEMA,
+    MISSING_MEDIA,
+    EMPTY_MEDIA,
+    BAD_IMAGE,
+    IMAGE_TOO_SMALL,
+    EXTREME_ASPECT,
+    BAD_VIDEO,
+    TOO_LONG,
+)
+
+# Image file formats (as Pillow names them) -> member extension; others use the lower-cased name.
+_IMAGE_EXT = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tif",
+}
+
+
+class Rejected(Exception):
+    """A sample the shard tool leaves out: ``code`` (one of :data:`REASONS`) and a readable ``reason``."""
+
+    def __init__(self, code: str, reason: str, sample_id: str | None = None):
+        super().__init__(code, reason, sample_id)
+        self.code, self.reason, self.sample_id = code, reason, sample_id
+
+
+@dataclass
+class Checked:
+    """A kept sample: its tar members (name suffix, bytes) in write order, and its size."""
+
+    members: list[tuple[str, bytes]]
+    num_tokens: int
+    num_tiles: int
+
+
+def _read(root: str, path: str, sid: str) -> bytes:
+    full = os.path.join(root, path)
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise Rejected(MISSING_MEDIA, f"file not found: {path} (root {root})", sid) from None
+    except OSError as e:
+        raise Rejected(MISSING_MEDIA, f"cannot read {path}: {e}", sid) from None
+    if not data:
+        raise Rejected(EMPTY_MEDIA, f"empty file: {path}", sid)
+    return data
+
+
+def _check_image(data: bytes, path: str, sid: str) -> tuple[str, tuple[int, int]]:
+    """(member extension, (width, height)); the whole file is decoded (JPEG at 1/8 scale)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, size = im.format or "", im.size
+            im.verify()  # structure and checksums (PNG)
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (1, 1))  # JPEG: decode every block, at the smallest scale
+            im.load()  # catches truncated files that verify() lets through
+    except Exception as e:  # Pillow raises many types on corrupt input
+        raise Rejected(BAD_IMAGE, f"cannot decode image {path}: {type(e).__name__}: {e}", sid) from None
+    w, h = size
+    if min(w, h) < MIN_SIDE:
+        raise Rejected(IMAGE_TOO_SMALL, f"image {path} is {w}x{h}; need at least {MIN_SIDE} px per side", sid)
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise Rejected(EXTREME_ASPECT, f"image {path} is {w}x{h}: aspect ratio beyond {MAX_ASPECT:g}:1", sid)
+    return _IMAGE_EXT.get(fmt, re.sub(r"[^a-z0-9]", "", fmt.lower()) or "img"), size
+
+
+def _check_video(data: bytes, path: str, clip: tuple[float, float] | None, sid: str) -> None:
+    """At least one frame decodes (and the clip, if any, overlaps the video)."""
+    try:
+        if data[:4] == b"GIF8":
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+            return
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 1)
+            total = stream.frames
+            next(iter(container.decode(video=0)))
+        if clip and total:
+            start = int(clip[0] * fps)
+            if min(int((clip[1] - clip[0]) * fps), total - start) <= 0:
+                raise ValueError(f"clip {list(clip)} has no frames in a {total}-frame video at {fps:g} fps")
+    except StopIteration:
+        raise Rejected(BAD_VIDEO, f"no decodable frame in {path}", sid) from None
+    except Exception as e:
+        raise Rejected(BAD_VIDEO, f"cannot decode video {path}: {type(e).__name__}: {e}", sid) from None
+
+
+def _video_ext(path: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", Path(path).suffix.lower()) or "bin"
+
+
+def check_sample(record: dict, root: str, cfg: EncodeConfig, tokenizer, where: str) -> Checked:
+    """Validate one record and its media (under ``root``); raise :class:`Rejected` if unusable."""
+    try:
+        sample = validate_sample(record, where)
+    except SampleError as e:
+        raise Rejected(SCHEMA, e.reason, e.sample_id) from None
+    sid = sample.id
+    members: list[tuple[str, bytes]] = []
+    sizes: list[tuple[int, int]] = []
+    for i, path in enumerate(sample.images):
+        data = _read(root, path, sid)
+        ext, size = _check_image(data, path, sid)
+        members.append((f"img{i}.{ext}", data))
+        sizes.append(size)
+    if sample.video:
+        if sample.video.endswith("/"):
+            raise Rejected(
+                BAD_VIDEO, f"frame folders are not supported by the shard tool: {sample.video}", sid
+            )
+        data = _read(root, sample.video, sid)
+        _check_video(data, sample.video, sample.clip, sid)
+        members.append((f"video.{_video_ext(sample.video)}", data))
+    try:
+        num_tokens, num_tiles = count_sample(record, sizes, cfg, tokenizer)
+    except SampleTooLong as e:
+        raise Rejected(TOO_LONG, e.reason, sid) from None
+    except SampleError as e:
+        raise Rejected(SCHEMA, e.reason, sid) from None
+    if num_tokens > cfg.max_length:
+        raise Rejected(TOO_LONG, f"{num_tokens} tokens > max_length {cfg.max_length}", sid)
+    return Checked(members, num_tokens, num_tiles)
+
+
+@dataclass
+class _Shard:
+    path: str  # relative to the output root
+    keys: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)
+    num_tiles: list[int] = field(default_factory=list)
+
+    def entry(self) -> dict:
+        return {
+            "path": self.path,
+            "num_samples": len(self.keys),
+            "offsets": self.offsets,
+            "keys": self.keys,
+            "num_tokens": self.num_tokens,
+            "num_tiles": self.num_tiles,
+        }
+
+
+def _member_bytes(size: int) -> int:
+    return tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+class TarShards:
+    """Write samples into ``out/<subdir>/shard-000000.tar``, ... of at most ``max_bytes`` each
+    (a single larger sample gets a shard of its own). Each file is written as ``.tmp`` and renamed
+    when complete. Header fields are fixed (mtime 0, uid/gid 0, no user names, mode 0644)."""
+
+    def __init__(self, out: Path, subdir: str, max_bytes: int):
+        self.out, self.subdir, self.max_bytes = Path(out), subdir, max_bytes
+        (self.out / subdir).mkdir(parents=True, exist_ok=True)
+        for old in (self.out / subdir).glob("shard-*.tar*"):  # stale output of an earlier run
+            old.unlink()
+        self.shards: list[_Shard] = []
+        self._tar: tarfile.TarFile | None = None
+        self._size = 0
+
+    def _open(self) -> None:
+        self._close_current()
+        shard = _Shard(f"{self.subdir}/shard-{len(self.shards):06d}.tar")
+        self.shards.append(shard)
+        self._tar = tarfile.open(self.out / (shard.path + ".tmp"), "w", format=tarfile.USTAR_FORMAT)
+        self._size = 2 * tarfile.BLOCKSIZE  # end-of-archive blocks
+
+    def add(self, key: str, members: list[tuple[str, bytes]], num_tokens: int, num_tiles: int) -> None:
+        need = sum(_member_bytes(len(data)) for _, data in members)
+        if self._tar is None or (self.shards[-1].keys and self._size + need > self.max_bytes):
+            self._open()
+        shard, tar = self.shards[-1], self._tar
+        shard.keys.append(key)
+        shard.offsets.append(tar.offset)
+        shard.num_tokens.append(num_tokens)
+        shard.num_tiles.append(num_tiles)
+        for suffix, data in members:
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+        self._size += need
+
+    def _close_current(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            path = self.out / self.shards[-1].path
+            os.replace(str(path) + ".tmp", path)
+            self._tar = None
+
+    def close(self) -> list[dict]:
+        """Finish the last shard; the index entries of all shards."""
+        self._close_current()
+        return [s.entry() for s in self.shards]
+
+    def abort(self) -> None:
+        """Drop the shard being written (its ``.tmp`` file)."""
+        if self._tar is not None:
+            self._tar.close()
+            Path(str(self.out / self.shards[-1].path) + ".tmp").unlink(missing_ok=True)
+            self._tar = None
+
+
+# Worker side: each process holds the tokenizer and per-dataset (root, cfg) once.
+_CONTEXT: dict = {}
+
+
+def init_worker(tokenizer, settings: dict[str, tuple[str, EncodeConfig]]) -> None:
+    _CONTEXT.clear()
+    _CONTEXT.update(tokenizer=tokenizer, settings=settings)
+
+
+def check_task(task: tuple) -> tuple:
+    """``(dataset, line, record | (code, reason))`` -> ``(line, Checked | code, record | reason, id)``."""
+    name, line, item = task
+    if isinstance(item, tuple):
+        return line, item[0], item[1], None
+    root, cfg = _CONTEXT["settings"][name]
+    try:
+        return line, check_sample(item, root, cfg, _CONTEXT["tokenizer"], f"{name}:{line}"), item, None
+    except Rejected as r:  # object addresses in messages would make reports differ between runs
+        return line, r.code, re.sub(r" at 0x[0-9a-fA-F]+", "", r.reason), r.sample_id
+
+
+def _check_chunk(tasks: list[tuple]) -> list[tuple]:
+    return [check_task(t) for t in tasks]
+
+
+@contextmanager
+def checker(tokenizer, settings: dict, workers: int = 1, chunk: int = 8) -> Iterator:
+    """Yield ``run(tasks) -> results`` (in task order) that checks on ``workers`` processes.
+
+    Like ``Pool.imap`` but with a bounded window of chunks in flight, so a 100M-line annotation is
+    never queued whole in memory.
+    """
+    if workers <= 1:
+        init_worker(tokenizer, settings)
+        try:
+            yield lambda tasks: map(check_task, tasks)
+        finally:
+            _CONTEXT.clear()
+        return
+    # Not "fork": a parent that has already run Rust tokenizers / torch / ffmpeg threads can leave a
+    # forked child waiting forever on a lock (seen here). The fork server imports this module once.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with ctx.Pool(workers, init_worker, (tokenizer, settings)) as pool:
+
+        def run(tasks: Iterable[tuple]) -> Iterator[tuple]:
+            pending: deque = deque()
+            it = iter(tasks)
+            while True:
+                batch = list(islice(it, chunk))
+                if batch:
+                    pending.append(pool.apply_async(_check_chunk, (batch,)))
+                if pending and (not batch or len(pending) >= 4 * workers):
+                    yield from pending.popleft().get()
+                elif not batch:
+                    return
+
+        yield run

@@ -1,0 +1,232 @@
+"""Where shards come from: URL patterns, ``index.json``, opening a shard at a byte offset, reading samples.
+
+A shard is a WebDataset tar: consecutive members ``<key>.<suffix>`` form one sample. Shards can be
+local paths, ``file:`` URLs, ``http(s)://`` URLs (ranged GETs, so a shard can be entered at a byte
+offset) or anything webdataset's ``gopen`` opens (``pipe:CMD``, ``gs://``, ...; those are read from
+the start and skipped forward to an offset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+
+from braceexpand import braceexpand
+from webdataset.gopen import gopen
+
+INDEX_NAME = "index.json"
+
+
+@dataclass
+class ShardInfo:
+    """One shard: its URL and, when an index says so, its sample count."""
+
+    url: str
+    num_samples: int | None = None
+
+
+@dataclass
+class DatasetSource:
+    """One dataset of the mixture: its shards and the meta-file options that matter when streaming."""
+
+    name: str
+    shards: list[ShardInfo]
+    repeat_time: float = 1.0
+    weight: float | None = None  # explicit mixture weight; default: sample count after repeat_time
+    data_augment: bool = False
+    max_dynamic_patch: int | None = None
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples in the shards (before repeat_time), or None when a shard's count is unknown."""
+        counts = [s.num_samples for s in self.shards]
+        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
+
+    @property
+    def length(self) -> int | None:
+        """Samples per pass after repeat_time (the reference's ``len(dataset)``)."""
+        n = self.num_samples
+        if n is None:
+            return None
+        return int(n * self.repeat_time) if self.repeat_time < 1 else n * int(self.repeat_time)
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Brace-expand (``shard-{000000..000127}.tar``) and split ``::``-joined lists, keeping order."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        for part in item.split("::"):
+            out.extend(braceexpand(part.strip()))
+    return [u for u in out if u]
+
+
+def _is_local(url: str) -> bool:
+    scheme = urlparse(url).scheme
+    return scheme == "" or scheme == "file" or (len(scheme) == 1 and os.name == "nt")
+
+
+def _local_path(url: str) -> str:
+    return urlparse(url).path if url.startswith("file:") else url
+
+
+def join_url(root: str, path: str) -> str:
+    """``path`` relative to ``root`` (a directory or URL prefix); absolute paths and URLs are kept."""
+    if urlparse(path).scheme or os.path.isabs(path):
+        return path
+    if _is_local(root):
+        return os.path.join(_local_path(root), path)
+    return posixpath.join(root.rstrip("/"), path)
+
+
+def _skip(f: BinaryIO, n: int) -> None:
+    while n > 0:
+        chunk = f.read(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError(f"stream ended {n} bytes before the requested offset")
+        n -= len(chunk)
+
+
+def _open_http(url: str, offset: int, retries: int = 3) -> BinaryIO:
+    # A ranged GET enters the shard at `offset`; a server that ignores Range answers 200 with the
+    # whole body, which is then skipped forward.
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    for attempt in range(retries):
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+            break
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            client_error = isinstance(e, urllib.error.HTTPError) and e.code < 500  # 404 will stay 404
+            if client_error or attempt == retries - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    if offset and resp.status != 206:
+        _skip(resp, offset)
+    return resp
+
+
+def open_url(url: str, offset: int = 0) -> BinaryIO:
+    """A readable binary stream of ``url`` positioned at byte ``offset``."""
+    if _is_local(url):
+        f = open(_local_path(url), "rb")  # noqa: SIM115 - the caller closes it
+        if offset:
+            f.seek(offset)
+        return f
+    if urlparse(url).scheme in ("http", "https"):
+        return _open_http(url, offset)
+    f = gopen(url, "rb")
+    _skip(f, offset)
+    return f
+
+
+def read_json(url: str) -> Any:
+    """Parse a JSON file from any URL ``open_url`` understands."""
+    with open_url(url) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def load_index(root: str) -> tuple[dict[str, Any], list[DatasetSource]]:
+    """Read ``<root>/index.json`` (written by the shard tool): its header and one source per dataset."""
+    index = read_json(join_url(root, INDEX_NAME))
+    sources = []
+    for name, ds in index["datasets"].items():
+        shards = [ShardInfo(join_url(root, s["path"]), int(s["num_samples"])) for s in ds["shards"]]
+        sources.append(
+            DatasetSource(
+                name,
+                shards,
+                repeat_time=float(ds.get("repeat_time", 1.0)),
+                data_augment=bool(ds.get("data_augment", False)),
+                max_dynamic_patch=ds.get("max_dynamic_patch"),
+            )
+        )
+    header = {k: v for k, v in index.items() if k != "datasets"}
+    return header, sources
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key runs to the first dot of the file name, the rest is the suffix."""
+    head, _, base = name.rpartition("/")
+    stem, dot, suffix = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), (suffix if dot else "")
+
+
+@dataclass
+class RawSample:
+    """The members of one sample as stored, and where it starts (to fetch it again after a restart)."""
+
+    key: str
+    url: str
+    offset: int  # byte offset of the sample's first tar header
+    members: dict[str, bytes] = field(default_factory=dict)  # suffix ("json", "img0.jpg") -> bytes
+
+
+class TarSamples:
+    """Samples of one shard, read forward from byte ``offset``; ``next_offset`` is where the next starts.
+
+    Members are grouped by key; after a sample is returned, the header of the next member has been
+    read already, so ``next_offset`` is exact (None at the end of the archive).
+    """
+
+    def __init__(self, url: str, offset: int = 0) -> None:
+        self.url = url
+        self.base = offset
+        self._f = open_url(url, offset)
+        self._tar = tarfile.open(fileobj=self._f, mode="r|")  # noqa: SIM115
+        self._next = self._tar.next()
+        self.next_offset: int | None = self._offset(self._next)
+
+    def _offset(self, m: tarfile.TarInfo | None) -> int | None:
+        return None if m is None else self.base + m.offset
+
+    def __iter__(self) -> Iterator[RawSample]:
+        return self
+
+    def __next__(self) -> RawSample:
+        m = self._next
+        while m is not None and not m.isfile():
+            m = self._tar.next()
+        if m is None:
+            self.next_offset = None
+            raise StopIteration
+        key = split_name(m.name)[0]
+        sample = RawSample(key, self.url, self.base + m.offset)
+        while m is not None:
+            if m.isfile():
+                k, suffix = split_name(m.name)
+                if k != key:
+                    break
+                sample.members[suffix] = self._tar.extractfile(m).read()  # type: ignore[union-attr]
+            m = self._tar.next()
+        self._next = m
+        self.next_offset = self._offset(m)
+        return sample
+
+    def close(self) -> None:
+        self._tar.close()
+        self._f.close()
+
+    def __enter__(self) -> TarSamples:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fetch_sample(url: str, offset: int, key: str | None = None) -> RawSample:
+    """Read the one sample that starts at ``offset`` (checks its key when given)."""
+    with TarSamples(url, offset) as it:
+        sample = next(it, None)
+    if sample is None or (key is not None and sample.key != key):
+        found = None if sample is None else sample.key
+        raise ValueError(f"{url}@{offset}: expected sample {key!r}, found {found!r} (shard changed?)")
+    return sample

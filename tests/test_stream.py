@@ -1,0 +1,334 @@
+"""Shard sources and the streaming reader: URL forms, worker split, mixture, repeat, shuffle, errors.
+
+Also holds the shard-writing helpers that test_resume.py and test_datamodule.py import.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import io
+import json
+import logging
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from datagen import image_bytes
+from internvl_lightning.data.collate import PackingCollator
+from internvl_lightning.data.encode import EncodeConfig
+from internvl_lightning.data.sources import (
+    DatasetSource,
+    ShardInfo,
+    TarSamples,
+    expand_urls,
+    fetch_sample,
+    join_url,
+    load_index,
+    open_url,
+    split_name,
+)
+from internvl_lightning.data.stream import PackedStream, ShardEncoder, plan_units
+from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
+
+IMAGE_SIZE, TOKENS_PER_TILE = 64, 16
+
+# name -> (samples, samples per shard, has images)
+DATASETS = {"img": (30, 5, True), "text": (20, 4, False), "small": (6, 6, True)}
+
+
+def write_shards(root: Path, datasets=DATASETS, bad: frozenset[tuple[str, int]] = frozenset()) -> Path:
+    """Shards + index.json in the shard tool's layout; ``bad`` (dataset, line) get broken image bytes."""
+    index = {
+        "version": 1,
+        "template": "internvl2_5",
+        "image_size": IMAGE_SIZE,
+        "tokens_per_tile": TOKENS_PER_TILE,
+    }
+    index["datasets"] = {}
+    for name, (n, per, images) in datasets.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        shards = []
+        for first in range(1, n + 1, per):
+            rel = f"{name}/shard-{len(shards):06d}.tar"
+            entry = {"path": rel, "keys": [], "offsets": [], "num_tokens": [], "num_tiles": []}
+            with tarfile.open(root / rel, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for line in range(first, min(n, first + per - 1) + 1):
+                    key = f"{line:09d}"
+                    q = ("<image>\n" if images else "") + f"What is item {line}?"
+                    turns = [{"from": "human", "value": q}, {"from": "gpt", "value": "red " * (1 + line % 5)}]
+                    record = {"id": f"{name}-{line}", "conversations": turns}
+                    members = []
+                    if images:
+                        record["image"] = f"{line}.jpg"
+                        data = image_bytes(
+                            64 if line % 3 else 128, 64, seed=line
+                        )  # noise: JPEG augment changes it
+                        members.append(("img0.jpg", data[:50] if (name, line) in bad else data))
+                    tokens, tiles = 20 + (line * 7) % 40, (1 + line % 3) if images else 0
+                    record["_meta"] = {"num_tokens": tokens, "num_tiles": tiles, "line": line}
+                    entry["keys"].append(key)
+                    entry["offsets"].append(tar.offset)
+                    entry["num_tokens"].append(tokens)
+                    entry["num_tiles"].append(tiles)
+                    for suffix, data in [("json", json.dumps(record).encode()), *members]:
+                        info = tarfile.TarInfo(f"{key}.{suffix}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+            entry["num_samples"] = len(entry["keys"])
+            shards.append(entry)
+        index["datasets"][name] = {
+            "repeat_time": 1.0,
+            "data_augment": name == "img",  # JPEG re-encoding draws from the per-sample rng
+            "max_dynamic_patch": 4,
+            "num_samples": n,
+            "shards": shards,
+        }
+    (root / "index.json").write_text(json.dumps(index))
+    return root
+
+
+@dataclass
+class FakeSample:
+    """What the packer needs; sizes come from the record, plus rng noise (so resume must replay rngs)."""
+
+    id: str
+    dataset: str
+    num_tokens: int
+    num_tiles: int
+
+
+def fake_encode(raw, source, rng) -> FakeSample:
+    meta = json.loads(raw.members["json"])["_meta"]
+    if "img0.jpg" in raw.members and len(raw.members["img0.jpg"]) < 100:
+        raise ValueError("truncated image")
+    return FakeSample(raw.key, source.name, meta["num_tokens"] + rng.randrange(8), meta["num_tiles"])
+
+
+def fake_collate(packs) -> dict:
+    return {"samples": [[(s.dataset, s.id, s.num_tokens) for s in p] for p in packs]}
+
+
+def fake_stream(root: Path, **kw) -> PackedStream:
+    kw.setdefault("packing", {"max_packed_tokens": 160, "num_images_expected": 8, "max_buffer_size": 3})
+    return PackedStream(load_index(str(root))[1], fake_encode, fake_collate, **kw)
+
+
+def ids_of(batches) -> list[tuple[str, str]]:
+    return [(d, i.split("#")[0]) for b in batches for p in b["samples"] for d, i, _ in p]
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="session")
+def llm_dir(tmp_path_factory) -> Path:
+    """A tiny local Qwen2-style tokenizer directory (the VLM tokens are added by whoever loads it)."""
+    out = tmp_path_factory.mktemp("llm")
+    build_tokenizer(out, "qwen2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def vlm_tokenizer(llm_dir):
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    add_vlm_tokens(tok)
+    return tok
+
+
+def real_stream(
+    root: Path, tok, max_packed_tokens: int = 1024, max_buffer_size: int = 3, **kw
+) -> PackedStream:
+    """The production pipeline (real encoder and collator) at test sizes."""
+    cfg = EncodeConfig(image_size=IMAGE_SIZE, tokens_per_tile=TOKENS_PER_TILE, max_dynamic_patch=4)
+    packing = {
+        "max_packed_tokens": max_packed_tokens,
+        "num_images_expected": 8,
+        "max_buffer_size": max_buffer_size,
+    }
+    collate = PackingCollator(tok.pad_token_id, "square", max_packed_tokens, 8, image_size=IMAGE_SIZE)
+    return PackedStream(load_index(str(root))[1], ShardEncoder(cfg, tok), collate, packing, **kw)
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+def test_url_forms(tmp_path):
+    assert expand_urls("a/shard-{000..002}.tar") == ["a/shard-000.tar", "a/shard-001.tar", "a/shard-002.tar"]
+    assert expand_urls(["x-{0..1}.tar::y.tar"]) == ["x-0.tar", "x-1.tar", "y.tar"]
+    assert join_url("http://h/data/", "img/shard.tar") == "http://h/data/img/shard.tar"
+    assert join_url("/data", "s3://b/x.tar") == "s3://b/x.tar"
+    assert split_name("dir/000000001.img0.jpg") == ("dir/000000001", "img0.jpg")
+    assert split_name("000000001.json") == ("000000001", "json")
+
+
+def test_tar_offsets_match_index_and_seek(shard_dir):
+    header, srcs = load_index(str(shard_dir))
+    assert header["image_size"] == IMAGE_SIZE and [s.name for s in srcs] == list(DATASETS)
+    entry = json.loads((shard_dir / "index.json").read_text())["datasets"]["img"]["shards"][1]
+    url = srcs[0].shards[1].url
+    with TarSamples(url) as it:
+        got = [(s.key, s.offset, sorted(s.members)) for s in it]
+    assert [(k, o) for k, o, _ in got] == list(zip(entry["keys"], entry["offsets"]))
+    assert all(m == ["img0.jpg", "json"] for _, _, m in got)
+    third = fetch_sample(url, entry["offsets"][2], entry["keys"][2])
+    assert json.loads(third.members["json"])["_meta"]["line"] == 8
+    with pytest.raises(ValueError, match="shard changed"):
+        fetch_sample(url, entry["offsets"][2], entry["keys"][3])
+    # pipe: URLs (and other gopen schemes) are read from the start and skipped forward
+    piped = fetch_sample(f"pipe:cat {url}", entry["offsets"][2])
+    assert piped.members == third.members
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with single ``bytes=N-`` ranges (what the reader asks for); quiet."""
+
+    ranged = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        rng = self.headers.get("Range")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+        type(self).ranged += bool(rng)
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def http_root(shard_dir):
+    handler = lambda *a, **k: _RangeHandler(*a, directory=str(shard_dir), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_http_index_and_ranged_reads(http_root, shard_dir):
+    _, remote = load_index(http_root)
+    _, local = load_index(str(shard_dir))
+    assert remote[1].shards[2].url == f"{http_root}/text/shard-000002.tar"
+    before = _RangeHandler.ranged
+    a = [(s.key, s.offset, s.members) for s in TarSamples(remote[0].shards[3].url, 0)]
+    b = [(s.key, s.offset, s.members) for s in TarSamples(local[0].shards[3].url, 0)]
+    assert a == b
+    s = fetch_sample(remote[0].shards[3].url, b[3][1], b[3][0])
+    assert s.members == b[3][2] and _RangeHandler.ranged == before + 1
+    # a whole stream over http equals the local one
+    la, lb = fake_stream(http_root, seed=3), fake_stream(shard_dir, seed=3)
+    first = [next(iter(s)) for s in (la, lb)]
+    assert first[0]["samples"] == first[1]["samples"]
+    with open_url(f"{http_root}/index.json") as f:
+        assert json.loads(f.read())["version"] == 1
+
+
+# -- worker split / plan ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_shards,G,repeat", [(5, 3, 1.0), (2, 5, 1.0), (3, 4, 2.0), (4, 3, 0.45)])
+def test_plan_covers_every_sample_once(num_shards, G, repeat):
+    src = DatasetSource("d", [ShardInfo(f"s{i}", 5) for i in range(num_shards)], repeat_time=repeat)
+    seen = collections.Counter()
+    for g in range(G):
+        for copy, shard, stop, stride, phase in plan_units(src, 0, 0, 0, g, G, True):
+            seen.update((copy, shard, i) for i in range(stop) if i % stride == phase)
+    if repeat < 1:  # the first int(n * r) samples, in shard order
+        assert sorted(seen) == [(0, i // 5, i % 5) for i in range(int(5 * num_shards * repeat))]
+    else:
+        want = {(c, s, i) for c in range(int(repeat)) for s in range(num_shards) for i in range(5)}
+        assert set(seen) == want
+    assert set(seen.values()) == {1}
+
+
+def test_epoch_covers_all_samples_across_ranks_and_workers(shard_dir):
+    # 2 ranks x 2 workers = 4 global workers; "small" has 1 shard (more workers than shards).
+    got = []
+    for rank in range(2):
+        stream = fake_stream(shard_dir, rank=rank, world_size=2, stop_at_epoch_end=True, shuffle_buffer=4)
+        for w in range(2):
+            got += ids_of(stream.worker(w, 2).run())
+    want = [(n, f"{i:09d}") for n, (count, _, _) in DATASETS.items() for i in range(1, count + 1)]
+    assert sorted(got) == sorted(want)
+
+
+def test_seeded_and_reshuffled_every_epoch(shard_dir):
+    def epochs(seed):
+        w = fake_stream(shard_dir, seed=seed, shuffle_buffer=8).worker()
+        out, it = collections.defaultdict(list), w.run()
+        while len(out) < 3:
+            b = next(it)
+            out[b["stats"]["epoch"]].extend(ids_of([b]))
+        return out
+
+    a, b, c = epochs(1), epochs(1), epochs(2)
+    assert a[0] == b[0] and a[1] == b[1]
+    assert sorted(a[0]) == sorted(a[1]) and a[0] != a[1] and a[0] != c[0]
+
+
+def test_mixture_weights(shard_dir):
+    stream = fake_stream(shard_dir)
+    assert stream.weights == pytest.approx([30 / 56, 20 / 56, 6 / 56])
+    assert fake_stream(shard_dir, sqrt_weights=True).weights[2] == pytest.approx(
+        6**0.5 / sum(n**0.5 for n in (30, 20, 6))
+    )
+    srcs = load_index(str(shard_dir))[1]
+    for s, w in zip(srcs, (1.0, 0.0, 3.0)):
+        s.weight = w
+    worker = PackedStream(srcs, fake_encode, fake_collate, replacement=True, shuffle_buffer=1).worker()
+    drawn = collections.Counter(worker._read_mixed()[1][0] for _ in range(200))
+    assert drawn["text"] == 0 and 120 < drawn["small"] < 180
+
+
+def test_repeat_time_and_replacement(shard_dir):
+    srcs = load_index(str(shard_dir))[1]
+    srcs[0].repeat_time, srcs[1].repeat_time = 0.5, 2.0
+    s = PackedStream(
+        srcs, fake_encode, fake_collate, stop_at_epoch_end=True, packing={"max_packed_tokens": 160}
+    )
+    counts = collections.Counter(ids_of(s.worker().run()))
+    assert sorted(k for d, k in counts if d == "img") == [f"{i:09d}" for i in range(1, 16)]
+    assert {n for (d, _), n in counts.items() if d == "text"} == {2} and len(counts) == 15 + 20 + 6
+    # replacement: exhausted datasets restart (next pass), the stream keeps going
+    w = fake_stream(shard_dir, replacement=True, shuffle_buffer=1).worker()
+    for _ in range(120):
+        w._read_mixed()
+    assert w.epoch == 0 and min(c.pass_ for c in w.cursors) >= 1
+
+
+def test_encode_errors_are_skipped_counted_and_logged(tmp_path, caplog):
+    root = write_shards(tmp_path, {"img": (12, 4, True)}, bad=frozenset({("img", 3), ("img", 7)}))
+    with caplog.at_level(logging.WARNING, logger="internvl_lightning.data.stream"):
+        w = fake_stream(root, stop_at_epoch_end=True).worker()
+        got = ids_of(w.run())
+    assert sorted(got) == [("img", f"{i:09d}") for i in range(1, 13) if i not in (3, 7)]
+    assert w.stats["errors"] == 2 and {e["key"] for e in w.stats["last_errors"]} == {"000000003", "000000007"}
+    assert "img:000000003" in caplog.text and "truncated image" in caplog.text
+    state = w.state()
+    assert state["stats"]["errors"] == 2  # travels with the resume state
+
+
+def test_missing_shard_is_skipped_loudly(tmp_path):
+    root = write_shards(tmp_path, {"img": (12, 4, True)})
+    (root / "img" / "shard-000001.tar").unlink()
+    w = fake_stream(root, stop_at_epoch_end=True, shuffle_shards=False).worker()
+    assert len(ids_of(w.run())) == 8 and w.stats["shard_errors"] == 1
