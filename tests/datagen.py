@@ -222,6 +222,12 @@ def _video(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, str
     lines: list[dict | str] = [
         {"id": "v1", "video": "clip.mp4", "conversations": _turns("<video>\nWhat moves?", "The bar grows.")},
         {"id": "v2", "video": "clip.mp4", "conversations": _turns("Describe the video.", "A green bar.")},
+        {
+            "id": "v3",
+            "video": "clip.mp4",
+            "clip": [0.25, 1.0],
+            "conversations": _turns("<video>\nAnd here?", "Red."),
+        },
     ]
     errors: dict[int, str] = {}
     if bad:
@@ -230,6 +236,15 @@ def _video(bad: bool) -> tuple[dict[str, bytes], list[dict | str], dict[int, str
             1, {"id": "vbad", "video": "broken.mp4", "conversations": _turns("<video>\nHi", "Hello.")}
         )
         errors[2] = BAD_VIDEO
+        lines.append(
+            {
+                "id": "vclip",
+                "video": "clip.mp4",
+                "clip": [10, 12],
+                "conversations": _turns("<video>\nLate?", "Yes."),
+            }
+        )
+        errors[len(lines)] = BAD_VIDEO  # the clip starts after the 1.5 s video ends
     return media, lines, errors
 
 
@@ -269,10 +284,10 @@ def write_dataset(
         data.lines[name] = len(lines)
         data.bad.update({(name, n): r for n, r in errors.items()})
         meta[name] = {
-            "root": str(media_dir),
-            "annotation": str(root / f"{name}.jsonl"),
+            "root": name,  # relative paths: resolved against the meta file's folder
+            "annotation": f"{name}.jsonl",
             "data_augment": name != "video",
-            "repeat_time": 1,
+            "repeat_time": 2 if name == "text" else 1,
             "length": len(lines),
         }
         if max_dynamic_patch and name in max_dynamic_patch:

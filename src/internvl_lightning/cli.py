@@ -33,6 +33,12 @@ TOOLS = {
         "run_inspect",
         "show decoded samples and one packed batch of a shard dir as text",
     ),
+    "plan": (
+        "internvl_lightning.training.plan",
+        "add_plan_args",
+        "run_plan",
+        "parameters, memory per GPU (ZeRO 1/2/3, activations) and days of a stage for a preset",
+    ),
 }
 
 

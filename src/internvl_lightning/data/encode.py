@@ -172,7 +172,7 @@ def count_sample(
     upper bound for the ``rand``/``middle`` samplers (which always return the drawn count, padding
     short videos); ``fpsX`` sampling is not bounded by it. Not checked against ``max_length``.
     """
-    sample = validate_sample(record, sample_where(record, "count"))
+    sample = validate_sample(record, sample_where(record, "record"))
     if sample.kind == "video":
         n = cfg.max_num_frames if num_frames is None else num_frames
         conversations, tiles = video_conversations(sample.conversations, n), [1] * n

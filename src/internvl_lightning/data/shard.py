@@ -23,83 +23,20 @@ import json
 import os
 import re
 import sys
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .encode import EncodeConfig
+from .meta import DatasetSpec, is_remote, load_meta
 from .schema import MalformedSample, SampleError, iter_jsonl
-from .shard_check import INVALID_JSON, SCHEMA, TarShards, checker
+from .shard_check import INVALID_JSON, SCHEMA, checker
+from .shard_write import DatasetReport, Rejection, ShardFailed, ShardReport, TarShards, write_json
 
 INDEX_VERSION = 1
 KEY_DIGITS = 9
-
-
-@dataclass
-class Rejection:
-    """One sample left out, and why."""
-
-    dataset: str
-    file: str
-    line: int
-    id: str | None
-    reason: str  # a code from shard_check.REASONS
-    message: str
-
-    def __str__(self) -> str:
-        sid = "" if self.id is None else f" (id {self.id})"
-        return f"{self.file}:{self.line}{sid}: {self.reason}: {self.message}"
-
-
-@dataclass
-class DatasetReport:
-    annotation: str
-    seen: int = 0
-    kept: int = 0
-    rejected: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class ShardReport:
-    """What :func:`shard_dataset` did; also written as ``report.json`` / ``report.txt``."""
-
-    out_dir: Path
-    datasets: dict[str, DatasetReport] = field(default_factory=dict)
-    rejected: list[Rejection] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {
-            "datasets": {
-                name: {
-                    "annotation": d.annotation,
-                    "seen": d.seen,
-                    "kept": d.kept,
-                    "rejected": dict(sorted(d.rejected.items())),
-                }
-                for name, d in self.datasets.items()
-            },
-            "rejected": [asdict(r) for r in self.rejected],
-        }
-
-    def to_text(self) -> str:
-        lines = ["dataset                          seen      kept  rejected"]
-        for name, d in self.datasets.items():
-            lines.append(f"{name:<28} {d.seen:>9} {d.kept:>9} {sum(d.rejected.values()):>9}")
-            lines += [f"    {code}: {n}" for code, n in sorted(d.rejected.items())]
-        if self.rejected:
-            lines += ["", "rejected samples:"] + [f"  [{r.dataset}] {r}" for r in self.rejected]
-        return "\n".join(lines) + "\n"
-
-
-class ShardFailed(RuntimeError):
-    """``strict`` mode met a bad sample (``rejection`` says which and why)."""
-
-    def __init__(self, rejection: Rejection):
-        super().__init__(str(rejection))
-        self.rejection = rejection
 
 
 def parse_size(text: str | int) -> int:
@@ -141,43 +78,23 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     return tok
 
 
-@dataclass
-class DatasetSpec:
-    """One dataset of the meta file (reference §3.1)."""
-
-    name: str
-    root: str
-    annotation: str
-    repeat_time: float = 1.0
-    data_augment: bool = False
-    max_dynamic_patch: int | None = None
-    length: int | None = None
-
-
-def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
-    """Parse an InternVL meta file (TEMPORARY: to be replaced by data/meta.py's parser)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"meta file not found: {path}")
-    meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    specs = []
-    for name, d in meta.items():
-        specs.append(
-            DatasetSpec(
-                name,
-                d.get("root", ""),
-                d["annotation"],
-                float(d.get("repeat_time", 1)),
-                bool(d.get("data_augment", False)),
-                d.get("max_dynamic_patch"),
-                d.get("length"),
+def _load_specs(meta_path: str | os.PathLike) -> list[DatasetSpec]:
+    """The meta file's datasets; missing or remote files are named in the error."""
+    if not Path(meta_path).is_file():
+        raise FileNotFoundError(f"meta file not found: {meta_path}")
+    specs = list(load_meta(meta_path).values())
+    for s in specs:
+        if is_remote(s.annotation) or is_remote(s.root):
+            raise ValueError(
+                f"dataset {s.name!r}: the shard tool reads local files only ({s.root}, {s.annotation})"
             )
-        )
+        if not Path(s.annotation).is_file():
+            raise FileNotFoundError(f"dataset {s.name!r}: annotation file not found: {s.annotation}")
     return specs
 
 
 def _dataset_dir(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "dataset"
-    return safe
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "dataset"
 
 
 def _tasks(spec: DatasetSpec) -> Iterator[tuple]:
@@ -195,11 +112,6 @@ def _settings(specs: Iterable[DatasetSpec], cfg: EncodeConfig) -> dict[str, tupl
         mdp = s.max_dynamic_patch if s.max_dynamic_patch is not None else cfg.max_dynamic_patch
         out[s.name] = (s.root, replace(cfg, max_dynamic_patch=mdp, data_augment=s.data_augment))
     return out
-
-
-def _write_json(path: Path, obj: dict, indent: int | None = None) -> None:
-    text = json.dumps(obj, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
-    path.write_text(text + "\n", encoding="utf-8")
 
 
 def shard_dataset(
@@ -220,10 +132,7 @@ def shard_dataset(
     """
     cfg = cfg or EncodeConfig()
     max_bytes = parse_size(shard_size)
-    specs = load_meta(meta_path)
-    for s in specs:
-        if not Path(s.annotation).is_file():
-            raise FileNotFoundError(f"annotation of dataset {s.name!r} not found: {s.annotation}")
+    specs = _load_specs(meta_path)
     dirs = [_dataset_dir(s.name) for s in specs]
     if len(set(dirs)) != len(dirs):
         raise ValueError(f"dataset names collide once made file-system safe: {dirs}")
@@ -267,12 +176,9 @@ def shard_dataset(
                         continue
                     key = f"{line:0{KEY_DIGITS}d}"
                     media = [f"{key}.{suffix}" for suffix, _ in result.members]
-                    meta = {
-                        "num_tokens": result.num_tokens,
-                        "num_tiles": result.num_tiles,
-                        "line": line,
-                        "media": media,
-                    }
+                    meta = dict(
+                        num_tokens=result.num_tokens, num_tiles=result.num_tiles, line=line, media=media
+                    )
                     doc = json.dumps({**record, "_meta": meta}, ensure_ascii=False).encode()
                     writer.add(key, [("json", doc), *result.members], result.num_tokens, result.num_tiles)
                     dreport.kept += 1
@@ -281,18 +187,13 @@ def shard_dataset(
                 raise
             finally:
                 bar.close()
-            _, sv = settings[spec.name]
             index["datasets"][spec.name] = {
-                "dir": subdir,
-                "repeat_time": spec.repeat_time,
-                "data_augment": sv.data_augment,
-                "max_dynamic_patch": sv.max_dynamic_patch,
-                "num_samples": dreport.kept,
-                "shards": writer.close(),
-            }
-    _write_json(out / "report.json", report.to_json(), indent=1)
+                "dir": subdir, "repeat_time": spec.repeat_time, "data_augment": spec.data_augment,
+                "max_dynamic_patch": spec.max_dynamic_patch, "num_samples": dreport.kept, "shards": writer.close(),
+            }  # fmt: skip
+    write_json(out / "report.json", report.to_json(), indent=1)
     (out / "report.txt").write_text(report.to_text(), encoding="utf-8")
-    _write_json(out / "index.json", index)
+    write_json(out / "index.json", index)
     return report
 
 
@@ -360,8 +261,8 @@ def run_shard(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.to_text(), end="")
-    print(f"wrote {args.out}/index.json and report.{{json,txt}}")
+    print(report.to_text(details=False), end="")
+    print(f"wrote {args.out}/index.json; rejected samples are listed in {args.out}/report.txt")
     return 0
 
 

@@ -1,22 +1,19 @@
-"""Per-sample checks of the shard tool and its deterministic tar writer.
+"""Checking side of the shard tool: per-sample validation, on one or several processes.
 
 :func:`check_sample` reads a record's media from disk, checks that it decodes, counts the sample's
 tokens and tiles, and returns the tar members to write, or raises :class:`Rejected` with a reason
-code from :data:`REASONS`. :class:`TarShards` writes members into size-capped tar files whose bytes
-depend only on their content (fixed header fields, no timestamps).
+code from :data:`REASONS`. :func:`checker` runs it over a stream of lines, in order, on workers.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 import re
-import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from PIL import Image
 
 from .encode import EncodeConfig, count_sample
 from .image import MAX_ASPECT, MIN_SIDE
+from .meta import join_media
 from .schema import SampleError, SampleTooLong, validate_sample
 
 INVALID_JSON = "invalid_json"
@@ -77,7 +75,7 @@ class Checked:
 
 
 def _read(root: str, path: str, sid: str) -> bytes:
-    full = os.path.join(root, path)
+    full = join_media(root, path)
     try:
         with open(full, "rb") as f:
             data = f.read()
@@ -172,87 +170,6 @@ def check_sample(record: dict, root: str, cfg: EncodeConfig, tokenizer, where: s
     return Checked(members, num_tokens, num_tiles)
 
 
-@dataclass
-class _Shard:
-    path: str  # relative to the output root
-    keys: list[str] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    num_tokens: list[int] = field(default_factory=list)
-    num_tiles: list[int] = field(default_factory=list)
-
-    def entry(self) -> dict:
-        return {
-            "path": self.path,
-            "num_samples": len(self.keys),
-            "offsets": self.offsets,
-            "keys": self.keys,
-            "num_tokens": self.num_tokens,
-            "num_tiles": self.num_tiles,
-        }
-
-
-def _member_bytes(size: int) -> int:
-    return tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-
-
-class TarShards:
-    """Write samples into ``out/<subdir>/shard-000000.tar``, ... of at most ``max_bytes`` each
-    (a single larger sample gets a shard of its own). Each file is written as ``.tmp`` and renamed
-    when complete. Header fields are fixed (mtime 0, uid/gid 0, no user names, mode 0644)."""
-
-    def __init__(self, out: Path, subdir: str, max_bytes: int):
-        self.out, self.subdir, self.max_bytes = Path(out), subdir, max_bytes
-        (self.out / subdir).mkdir(parents=True, exist_ok=True)
-        for old in (self.out / subdir).glob("shard-*.tar*"):  # stale output of an earlier run
-            old.unlink()
-        self.shards: list[_Shard] = []
-        self._tar: tarfile.TarFile | None = None
-        self._size = 0
-
-    def _open(self) -> None:
-        self._close_current()
-        shard = _Shard(f"{self.subdir}/shard-{len(self.shards):06d}.tar")
-        self.shards.append(shard)
-        self._tar = tarfile.open(self.out / (shard.path + ".tmp"), "w", format=tarfile.USTAR_FORMAT)
-        self._size = 2 * tarfile.BLOCKSIZE  # end-of-archive blocks
-
-    def add(self, key: str, members: list[tuple[str, bytes]], num_tokens: int, num_tiles: int) -> None:
-        need = sum(_member_bytes(len(data)) for _, data in members)
-        if self._tar is None or (self.shards[-1].keys and self._size + need > self.max_bytes):
-            self._open()
-        shard, tar = self.shards[-1], self._tar
-        shard.keys.append(key)
-        shard.offsets.append(tar.offset)
-        shard.num_tokens.append(num_tokens)
-        shard.num_tiles.append(num_tiles)
-        for suffix, data in members:
-            info = tarfile.TarInfo(f"{key}.{suffix}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-        self._size += need
-
-    def _close_current(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            path = self.out / self.shards[-1].path
-            os.replace(str(path) + ".tmp", path)
-            self._tar = None
-
-    def close(self) -> list[dict]:
-        """Finish the last shard; the index entries of all shards."""
-        self._close_current()
-        return [s.entry() for s in self.shards]
-
-    def abort(self) -> None:
-        """Drop the shard being written (its ``.tmp`` file)."""
-        if self._tar is not None:
-            self._tar.close()
-            Path(str(self.out / self.shards[-1].path) + ".tmp").unlink(missing_ok=True)
-            self._tar = None
-
-
 # Worker side: each process holds the tokenizer and per-dataset (root, cfg) once.
 _CONTEXT: dict = {}
 
@@ -295,7 +212,7 @@ def checker(tokenizer, settings: dict, workers: int = 1, chunk: int = 8) -> Iter
     # Not "fork": a parent that has already run Rust tokenizers / torch / ffmpeg threads can leave a
     # forked child waiting forever on a lock (seen here). The fork server imports this module once.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload([__name__, type(tokenizer).__module__])
     with ctx.Pool(workers, init_worker, (tokenizer, settings)) as pool:
 
         def run(tasks: Iterable[tuple]) -> Iterator[tuple]:
