@@ -27,6 +27,30 @@ TOOLS = {
         "run_shard",
         "validate an InternVL meta file + JSONL and write WebDataset shards, an index and a report",
     ),
+    "evaluate": (
+        "internvl_lightning.evaluation.runner",
+        "add_evaluate_args",
+        "run_evaluate",
+        "score a checkpoint on MMBench / MMMU / MathVista / VQA files, beside published InternVL2.5 numbers",
+    ),
+    "export": (
+        "internvl_lightning.export.cli",
+        "add_export_args",
+        "run_export",
+        "write a checkpoint as an HF-native directory (transformers loads it natively) or in the original layout",
+    ),
+    "pipeline": (
+        "internvl_lightning.training.pipeline",
+        "add_pipeline_args",
+        "run_pipeline_cli",
+        "run stage 1 -> 1.5 -> 2 -> evaluate -> export from one spec, skipping finished stages",
+    ),
+    "demo": (
+        "internvl_lightning.demo.run",
+        "add_demo_args",
+        "run_demo_cli",
+        "build tiny components and data, train all stages on CPU, evaluate, export, summarise",
+    ),
     "inspect": (
         "internvl_lightning.data.preview",
         "add_inspect_args",

@@ -14,6 +14,7 @@ from .flops import FlopsModel, peak_flops
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
+from .strategy import ParamScope, prepare_for_strategy
 
 
 class InternVLChat(L.LightningModule):
@@ -72,6 +73,7 @@ class InternVLChat(L.LightningModule):
                 "(stage 1), or --model.init_from=DIR (a previous stage's output)"
             )
         self.model = None
+        self.lm_head_scope = ParamScope()  # replaced in configure_model (see prepare_for_strategy)
         self._flops: FlopsModel | None = None
         self._t_last: float | None = None
 
@@ -108,6 +110,8 @@ class InternVLChat(L.LightningModule):
             if isinstance(cb, FreezeSchedule):
                 cb.apply(self.model)
         self._flops = FlopsModel.from_model(self.model)
+        # Parallelism lives in strategy.py: FSDP2 sharding, ZeRO-3 gathering of lm_head for the loss.
+        self.lm_head_scope = prepare_for_strategy(self, self.model)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Last hidden states (B, L, D) of a packed batch."""
@@ -150,8 +154,8 @@ class InternVLChat(L.LightningModule):
             else (labels[:, 1:] != -100).sum()
         )
         denom, scale = self._denominator(batch, local.float())
-        loss, wsum = weighted_loss(
-            hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size
+        loss, wsum = self.lm_head_scope(
+            weighted_loss, hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size
         )
         # What we show is this micro-batch's own weighted mean, comparable across steps.
         shown = loss.detach() * denom / wsum.clamp_min(1e-12)
@@ -160,13 +164,17 @@ class InternVLChat(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hidden = self(batch)
-        loss, _ = weighted_loss(hidden, self.model.lm_head, batch["labels"], batch.get("loss_weight"), None)
+        loss, _ = self.lm_head_scope(
+            weighted_loss, hidden, self.model.lm_head, batch["labels"], batch.get("loss_weight"), None
+        )
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=1)
         return loss
 
     def sample_losses(self, batch: dict[str, Any]) -> dict[int, torch.Tensor]:
         """Token-mean loss of every packed sample in a batch (evaluation, tests)."""
-        return per_sample_losses(self(batch), self.model.lm_head, batch["labels"], batch["sample_index"])
+        return self.lm_head_scope(
+            per_sample_losses, self(batch), self.model.lm_head, batch["labels"], batch["sample_index"]
+        )
 
     # ---- optimisation --------------------------------------------------------------------
     def configure_optimizers(self):

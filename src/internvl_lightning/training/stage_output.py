@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-
-@contextlib.contextmanager
-def gathered_parameters(trainer: L.Trainer, module):
-    """Make every parameter whole on every rank for the duration (ZeRO-3 partitions them)."""
-    strategy = trainer.strategy
-    zero3 = getattr(strategy, "zero_stage_3", False)
-    if not zero3:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        yield
+from .strategy import consolidated
 
 
 class StageOutput(L.Callback):
@@ -54,10 +41,10 @@ class StageOutput(L.Callback):
         tokenizer = (
             dm.tokenizer_object if hasattr(dm, "tokenizer_object") else (h.get("init_from") or h.get("llm"))
         )
-        with gathered_parameters(trainer, pl_module.model):
+        with consolidated(trainer, pl_module.model) as model:  # whole on rank 0 under ZeRO-3 / FSDP2 too
             if trainer.is_global_zero:
                 dtype = getattr(torch, self.dtype) if self.dtype else None
-                out = export_hf(pl_module.model, self.dirpath, tokenizer, dtype=dtype, **settings)
+                out = export_hf(model, self.dirpath, tokenizer, dtype=dtype, **settings)
                 done = {"global_step": trainer.global_step, "stage_complete": True}
                 (Path(out) / "stage_complete.json").write_text(json.dumps(done, indent=2) + "\n")
                 rank_zero_info(f"stage output written to {out}")

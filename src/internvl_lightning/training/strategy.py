@@ -1,16 +1,25 @@
-"""Distributed strategies built from a stage recipe: DeepSpeed ZeRO-1/2/3 with the reference settings.
+"""Distributed strategies for a stage: DeepSpeed ZeRO-1/2/3 (the reference), DDP, or FSDP2.
 
 The reference trains with DeepSpeed JSON files (`zero_stage{1,2,3}_config*.json`); the values
 below are theirs: AdamW from the trainer, bf16, gradient clipping 1.0, overlap_comm,
 contiguous gradients, and per-stage bucket sizes. Larger models only lower the ZeRO-3
 parameter-persistence threshold (so fewer small tensors stay replicated).
+
+The model code knows nothing of parallelism. `InternVLChat.configure_model` calls
+`prepare_for_strategy` once, which shards the model for FSDP2 and returns the small wrapper the
+loss runs in (ZeRO-3 must gather the output layer, which the logits-free loss reads directly).
+`consolidated` gives the whole model on rank 0 for export, whatever the strategy.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from lightning.pytorch.strategies import DeepSpeedStrategy
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 
 # ZeRO-3 persistence threshold per model size in the reference configs (34b/70b: 1e5, 100b: 1e4).
 PERSISTENCE_THRESHOLD = {"default": int(1e7), "34b": int(1e5), "70b": int(1e5), "100b": int(1e4)}
@@ -86,6 +95,10 @@ class ZeroStrategy(DeepSpeedStrategy):
     Use in YAML as `trainer.strategy: {class_path: internvl_lightning.training.strategy.ZeroStrategy,
     init_args: {stage: 1}}`. `exclude_frozen_parameters` keeps frozen weights out of checkpoints
     (stage 1 then saves only the projector and its optimizer state).
+
+    ZeRO-3 note: the model is built whole on every rank (the component loaders write full
+    tensors, which parameters created under `deepspeed.zero.Init` cannot take) and partitioned by
+    `deepspeed.initialize` right after, so host memory must briefly hold one full copy per rank.
     """
 
     def __init__(
@@ -100,3 +113,138 @@ class ZeroStrategy(DeepSpeedStrategy):
     ) -> None:
         config = deepspeed_config(stage, size, bucket_size, offload, gradient_clipping)
         super().__init__(config=config, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        # A checkpoint saved with exclude_frozen_parameters lacks the frozen weights by design (they
+        # come from the components again in configure_model): load the rest non-strictly.
+        module = self.lightning_module
+        strict = module.strict_loading
+        if self.exclude_frozen_parameters:
+            module.strict_loading = False
+        try:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        finally:
+            module.strict_loading = strict
+
+    @contextlib.contextmanager
+    def model_sharded_context(self):
+        # The component loaders write full tensors into the model, which parameters created under
+        # `deepspeed.zero.Init` (ZeRO-3) cannot take. Build the model whole; `deepspeed.initialize`
+        # partitions it right after.
+        yield
+
+
+def _data_parallel_size(strategy: ModelParallelStrategy) -> int:
+    return strategy.num_nodes * strategy.num_processes
+
+
+class Fsdp2Strategy(ModelParallelStrategy):
+    """FSDP2 (`fully_shard`) over all ranks, no tensor parallelism: an alternative to ZeRO-3.
+
+    Lightning's `ModelParallelStrategy` defaults to data parallel across nodes and tensor parallel
+    within a node; InternVL has no tensor-parallel plan, so every rank is one data-parallel shard.
+    The module shards itself in `configure_model` (see `shard_fsdp2`). Checkpoints are
+    distributed (one file per rank) unless `save_distributed_checkpoint=False`.
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = _data_parallel_size(self)
+        super().setup_environment()
+
+
+def shard_fsdp2(
+    pl_module: L.LightningModule, model, mesh, reshard_after_forward: bool = True, mp_policy=None
+) -> None:
+    """Apply FSDP2 to an InternVL model: one unit per ViT layer, one per LLM decoder layer, and the
+    LightningModule as root for the rest (embeddings, projector, norms, output layer).
+
+    The root is the LightningModule, not the VLM, because training calls the VLM's parts rather
+    than its `forward`; the root stays unsharded from its forward through the loss and backward.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    opts = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    for layer in model.model.vision_tower.encoder.layer:
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, **opts)
+    for layer in model.model.language_model.layers:
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, **opts)
+    fully_shard(pl_module, reshard_after_forward=False, **opts)
+
+
+class ParamScope(torch.nn.Module):
+    """Runs `fn(*args)` as its own forward, with `params` gathered under ZeRO-3 for forward and backward.
+
+    ZeRO-3 gathers a parameter only inside the forward/backward of its owning module or of
+    modules it is registered with as "external". The chunked loss reads `lm_head.weight` directly
+    (never calling `lm_head`), so the loss runs inside this scope. Elsewhere it is a plain call.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter] | None = None) -> None:
+        super().__init__()
+        if params:
+            import deepspeed
+
+            for p in params:
+                deepspeed.zero.register_external_parameter(self, p)
+
+    def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+
+def is_zero3(strategy: Any) -> bool:
+    return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+
+
+def prepare_for_strategy(pl_module: L.LightningModule, model) -> ParamScope:
+    """Strategy-specific wrapping, called at the end of `configure_model`.
+
+    FSDP2 (`ModelParallelStrategy`): shard the model (`shard_fsdp2`). Returns the `ParamScope`
+    the loss must run in (it gathers the output layer under ZeRO-3).
+    """
+    strategy = pl_module._trainer.strategy if pl_module._trainer is not None else None
+    params = list(model.lm_head.parameters()) if is_zero3(strategy) else None
+    scope = ParamScope(params)
+    if isinstance(strategy, ModelParallelStrategy):
+        if strategy.device_mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                "InternVL has no tensor-parallel plan: use Fsdp2Strategy (tensor_parallel_size=1)"
+            )
+        pl_module.lm_head_scope = scope  # registered before sharding, so FSDP2 sees the final module tree
+        shard_fsdp2(pl_module, model, strategy.device_mesh["data_parallel"])
+    return scope
+
+
+@contextlib.contextmanager
+def consolidated(trainer: L.Trainer, model) -> Iterator[Any]:
+    """Yield the whole, unsharded model on global rank 0 (None elsewhere); collective on all ranks.
+
+    ZeRO-3: parameters are gathered in place for the duration. FSDP2: the full state dict is
+    gathered to rank 0 and loaded into a plain copy of the model. Other strategies: the model.
+    """
+    strategy = trainer.strategy
+    if is_zero3(strategy):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield model if trainer.is_global_zero else None
+    elif isinstance(strategy, ModelParallelStrategy):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        plain = None
+        if trainer.is_global_zero:
+            with torch.device("meta"):
+                plain = type(model)._from_config(model.config)
+            plain.load_state_dict(state, assign=True)
+            plain.tie_weights()
+        yield plain
+    else:
+        yield model if trainer.is_global_zero else None

@@ -1,0 +1,280 @@
+"""``evaluate``: load a benchmark, generate answers (split across ranks), score, report.
+
+Ranks take samples strided (rank, rank + world, ...), generate their share and exchange
+predictions with ``all_gather_object``; every rank then scores the full set, so the result is
+the same as on one rank. Only rank 0 writes the report files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import baselines
+from .common import Benchmark, Sample, expand_paths, limit_groups
+from .generate import EvalSettings, generate_batch, read_settings
+from .mathvista import MathVista
+from .mmbench import MMBench
+from .mmmu import MMMU
+from .result import EvalResult
+from .vqa import VQA, VQA_PROMPT
+
+BENCHMARKS: dict[str, type[Benchmark]] = {
+    "mmbench": MMBench,
+    "mmmu": MMMU,
+    "mathvista": MathVista,
+    "vqa": VQA,
+}
+
+
+def get_benchmark(name: str, **options: Any) -> Benchmark:
+    """A benchmark by name (options go to its constructor, e.g. VQA's ``metric``)."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    return BENCHMARKS[name](**options)
+
+
+def load_samples(
+    bench: Benchmark, data: str | Path, circular: bool = False, limit: int | None = None
+) -> list[Sample]:
+    """Every sample of ``data`` (a file, a directory or a glob); ``limit`` counts questions."""
+    samples: list[Sample] = []
+    for path in expand_paths(data):
+        samples += bench.load(path, circular=circular)
+    seen: set[str] = set()
+    for s in samples:
+        if s.id in seen:
+            raise ValueError(f"{data}: duplicate sample id {s.id!r}")
+        seen.add(s.id)
+    return limit_groups(samples, limit)
+
+
+def _ranks(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
+    """(rank, world size, whether to gather) from the arguments or the process group."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    return rank, world_size, initialised and world_size > 1
+
+
+def predict(
+    model,
+    tokenizer,
+    samples: list[Sample],
+    settings: EvalSettings,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = False,
+) -> list[str | None]:
+    """Answers for ``samples`` in order. This rank answers every ``world_size``-th sample; with a
+    process group the answers are gathered, else the others stay None."""
+    from tqdm import tqdm
+
+    rank, world_size, gather = _ranks(rank, world_size)
+    mine = list(range(rank, len(samples), world_size))
+    local: list[tuple[int, str]] = []
+    batches = range(0, len(mine), batch_size)
+    for start in tqdm(batches, desc=f"rank {rank}", disable=not progress):
+        chunk = mine[start : start + batch_size]
+        answers = generate_batch(
+            model, tokenizer, [samples[i].request for i in chunk], settings, max_new_tokens
+        )
+        local += list(zip(chunk, answers, strict=True))
+    parts = [local]
+    if gather:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, local)
+    out: list[str | None] = [None] * len(samples)
+    for part in parts:
+        for i, answer in part:
+            out[i] = answer
+    return out
+
+
+def evaluate(
+    checkpoint_or_model: Any,
+    benchmark: str,
+    data: str | Path,
+    tokenizer: Any = None,
+    limit: int | None = None,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    circular: bool = False,
+    out_dir: str | Path | None = None,
+    baseline: str | None = "auto",
+    dataset: str | None = None,
+    vqa_metric: str = "vqa",
+    vqa_prompt: str | None = VQA_PROMPT,
+    max_num: int | None = None,
+    template: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = False,
+    settings_source: Any = None,
+    image_root: str | Path | None = None,
+) -> EvalResult:
+    """Evaluate a model (object, HF-native/stage dir, original-layout dir or Lightning .ckpt).
+
+    ``baseline``: "auto" guesses the published size from the parameter count, a size ("8b")
+    picks it, None/"none" shows none. ``dataset`` names the VQA set for its baseline (else
+    guessed from the file name). ``max_num``: tiles per image (default 6, never above training's).
+    ``image_root``: where relative image paths live when not beside the benchmark file.
+    ``settings_source``: where to read the training settings when passing a model object.
+    ``limit`` counts questions (all circular copies of each are kept). Ranks come from the process
+    group; an explicit ``rank``/``world_size`` without one evaluates and scores only that shard.
+    """
+    from ..export.load import resolve_model
+
+    if baseline not in ("auto", None, "none"):
+        baselines.lookup(baseline, None)  # an unknown size fails now, not after generating
+    options: dict[str, Any] = {"image_root": image_root}
+    if benchmark == "vqa":
+        options.update(metric=vqa_metric, prompt=vqa_prompt)
+    bench = get_benchmark(benchmark, **options)
+    samples = load_samples(bench, data, circular=circular, limit=limit)
+    model, tokenizer = resolve_model(checkpoint_or_model, tokenizer)
+    source = checkpoint_or_model if settings_source is None else settings_source
+    settings = read_settings(source, model, max_num=max_num, template=template)
+    max_new_tokens = max_new_tokens or bench.default_max_new_tokens
+    answers = predict(
+        model, tokenizer, samples, settings, batch_size, max_new_tokens, rank, world_size, progress
+    )
+    done = [(s, a) for s, a in zip(samples, answers, strict=True) if a is not None]
+    judged = [bench.judge(s, a) for s, a in done]
+    summary = bench.summarize([s for s, _ in done], judged, circular)
+    predictions = [
+        {
+            "id": s.id,
+            "group": s.group,
+            "categories": s.categories,
+            "prediction": a,
+            "extracted": extracted,
+            "answer": s.answer,
+            "score": score,
+        }
+        for (s, a), (score, extracted) in zip(done, judged, strict=True)
+    ]
+    n_params = sum(p.numel() for p in model.parameters())
+    size = (
+        baselines.guess_size(n_params)
+        if baseline == "auto"
+        else (None if baseline in (None, "none") else baseline)
+    )
+    result = EvalResult(
+        benchmark=benchmark,
+        data=str(data),
+        score=summary.score,
+        num_samples=len(done),
+        num_scored=summary.num_scored,
+        per_category=summary.per_category,
+        category_counts=summary.category_counts,
+        metrics=summary.metrics,
+        predictions=predictions,
+        baseline=baselines.lookup(size, baselines.baseline_key(benchmark, data, dataset)),
+        settings=dict(
+            settings.to_dict(),
+            model=str(source) if isinstance(source, str | Path) else type(model).__name__,
+            parameters=n_params,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            circular=circular,
+            limit=limit,
+            **({"vqa_metric": vqa_metric} if benchmark == "vqa" else {}),
+        ),
+    )
+    if out_dir is not None and _ranks(rank, world_size)[0] == 0:
+        result.save(out_dir)
+    return result
+
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``python -m internvl_lightning evaluate``."""
+    from .metrics import VQA_METRICS
+
+    parser.add_argument(
+        "--checkpoint", required=True, help="HF-native/stage dir, original-layout dir or .ckpt"
+    )
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    parser.add_argument(
+        "--data", required=True, help="benchmark file, directory or glob (e.g. MMMU/*/validation-*.parquet)"
+    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the checkpoint's)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: per benchmark")
+    parser.add_argument("--circular", action="store_true", help="MMBench circular evaluation")
+    parser.add_argument("--out", default=None, help="directory for the JSON and Markdown reports")
+    parser.add_argument(
+        "--baseline", default="auto", help="published size to compare with (1b, 2b, 8b, ...), auto or none"
+    )
+    parser.add_argument(
+        "--dataset", default=None, help="VQA dataset name for its baseline (textvqa, docvqa, chartqa, ai2d)"
+    )
+    parser.add_argument("--vqa-metric", default="vqa", choices=sorted(VQA_METRICS))
+    parser.add_argument("--max-num", type=int, default=None, help="max tiles per image (default 6)")
+    parser.add_argument(
+        "--image-root", default=None, help="base of relative image paths (default: beside --data)"
+    )
+    parser.add_argument("--template", default=None, help="chat template (default: the checkpoint's record)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="default: bf16 on GPU"
+    )
+
+    return parser
+
+
+def run_evaluate(args) -> int:
+    """Run ``evaluate`` from parsed arguments; under torchrun every process takes its share."""
+    import os
+
+    from ..export.load import resolve_model
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and args.device in (None, "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else (args.device or "cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if cuda else torch.float32)
+    try:
+        model, tokenizer = resolve_model(args.checkpoint, args.tokenizer)
+        model = model.to(device=device, dtype=dtype)
+        result = evaluate(
+            model,
+            args.benchmark,
+            args.data,
+            tokenizer,
+            args.limit,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            circular=args.circular,
+            out_dir=args.out,
+            baseline=args.baseline,
+            dataset=args.dataset,
+            vqa_metric=args.vqa_metric,
+            max_num=args.max_num,
+            template=args.template,
+            progress=rank == 0,
+            image_root=args.image_root,
+            settings_source=args.checkpoint,  # the model is placed already; its dir has the settings
+        )
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(result.to_markdown())
+    return 0

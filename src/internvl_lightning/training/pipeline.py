@@ -1,0 +1,153 @@
+"""Run stage 1 -> 1.5 -> 2 -> evaluate -> export from one spec, skipping what is already done.
+
+A pipeline spec (YAML or a dict) names each stage's recipe and the few values a user fills in:
+
+    run_dir: runs/internvl-8b
+    stages:
+      - name: stage1
+        config: conf/stage1.yaml
+        set: {model.vision: /ckpt/InternViT-300M-448px, model.llm: /ckpt/internlm2_5-7b-chat,
+              data.shards: /data/stage1_shards}
+      - name: stage1_5
+        config: conf/stage1_5.yaml
+        set: {data.shards: /data/stage1_5_shards}
+      - name: stage2
+        config: conf/stage2.yaml
+        set: {data.shards: /data/stage2_shards}
+    evaluate:
+      - {benchmark: mmbench, data: /data/mmbench_dev_en.tsv}
+    export: {original: true}
+
+Each stage runs in `run_dir/<name>` (checkpoints, logs, resolved config) and ends with an
+HF-native output in `run_dir/<name>/hf`, which becomes the next stage's `model.init_from`. A stage
+whose output holds `stage_complete.json` is skipped; an interrupted one resumes from its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _set(cfg: dict, dotted: str, value: Any) -> None:
+    node = cfg
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _callback(cfg: dict, suffix: str) -> dict | None:
+    for cb in cfg.get("trainer", {}).get("callbacks") or []:
+        if isinstance(cb, dict) and cb.get("class_path", "").endswith(suffix):
+            return cb.setdefault("init_args", {})
+    return None
+
+
+def stage_config(spec: dict, stage_dir: Path, init_from: Path | None) -> dict:
+    """The stage's recipe with the user's values, this run's directories and the hand-off applied."""
+    cfg = yaml.safe_load(Path(spec["config"]).read_text())
+    for key, value in (spec.get("set") or {}).items():
+        _set(cfg, key, value)
+    _set(cfg, "trainer.default_root_dir", str(stage_dir))
+    if init_from is not None:
+        _set(cfg, "model.init_from", str(init_from))
+        for key in ("vision", "llm", "mlp"):
+            cfg.get("model", {}).pop(key, None)
+    out = _callback(cfg, "StageOutput")
+    if out is None:
+        cfg["trainer"].setdefault("callbacks", []).append(
+            {"class_path": "internvl_lightning.training.stage_output.StageOutput", "init_args": {}}
+        )
+        out = _callback(cfg, "StageOutput")
+    out["dirpath"] = str(stage_dir / "hf")
+    ckpt = _callback(cfg, "ModelCheckpoint")
+    if ckpt is not None:
+        ckpt["dirpath"] = str(stage_dir / "checkpoints")
+    return cfg
+
+
+def is_complete(stage_dir: Path) -> bool:
+    return (stage_dir / "hf" / "stage_complete.json").is_file()
+
+
+def run_stage(spec: dict, stage_dir: Path, init_from: Path | None) -> Path:
+    """Fit one stage through the CLI (so it runs exactly like `fit --config`); returns its output dir."""
+    from ..cli import main
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    config = stage_dir / "stage.yaml"
+    config.write_text(yaml.safe_dump(stage_config(spec, stage_dir, init_from), sort_keys=False))
+    args = ["fit", "--config", str(config)]
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        args.append(f"--ckpt_path={last}")
+    main(args)
+    if not is_complete(stage_dir):
+        raise RuntimeError(f"stage {spec['name']} ended without writing its output in {stage_dir / 'hf'}")
+    return stage_dir / "hf"
+
+
+def run_pipeline(pipeline: dict | str | Path, on_stage_end=None) -> dict[str, Any]:
+    """Run every stage in order (skipping finished ones), then the evaluations and the export."""
+    if not isinstance(pipeline, dict):
+        pipeline = yaml.safe_load(Path(pipeline).read_text())
+    run_dir = Path(pipeline["run_dir"])
+    outputs: dict[str, Any] = {"stages": {}}
+    init_from = Path(pipeline["init_from"]) if pipeline.get("init_from") else None
+    for spec in pipeline["stages"]:
+        stage_dir = run_dir / spec["name"]
+        if is_complete(stage_dir):
+            print(f"[pipeline] {spec['name']}: already complete, skipping")
+        else:
+            print(f"[pipeline] {spec['name']}: training ({spec['config']})")
+            run_stage(spec, stage_dir, init_from)
+        init_from = stage_dir / "hf"
+        outputs["stages"][spec["name"]] = str(init_from)
+        if on_stage_end is not None:
+            on_stage_end(spec["name"], init_from)
+    if init_from is None:
+        raise ValueError("the pipeline has no stages")
+    outputs["final"] = str(init_from)
+    outputs["evaluate"] = [evaluate_output(init_from, run_dir / "eval", **e) for e in pipeline.get("evaluate") or []]
+    export = pipeline.get("export")
+    if export:
+        outputs["export"] = export_output(init_from, run_dir / "export", **export)
+    (run_dir / "pipeline.json").write_text(json.dumps(outputs, indent=2) + "\n")
+    return outputs
+
+
+def evaluate_output(model_dir: Path, out_dir: Path, benchmark: str, data: str, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a stage output on one benchmark; the report lands in `out_dir`."""
+    from ..evaluation.runner import evaluate
+
+    result = evaluate(str(model_dir), benchmark, data, out_dir=str(out_dir), **kwargs)
+    return {"benchmark": benchmark, "score": result.score, "samples": len(result.predictions)}
+
+
+def export_output(model_dir: Path, out_dir: Path, hf: bool = True, original: bool = False) -> dict[str, str]:
+    """Copy the final model out as an HF-native directory and, optionally, in the original layout."""
+    from ..export import export_hf, export_original
+    from ..export.load import resolve_model
+
+    done = {}
+    if hf:
+        done["hf"] = str(export_hf(model_dir, out_dir / "hf"))
+    if original:
+        model, tok = resolve_model(model_dir)
+        done["original"] = str(export_original(model, out_dir / "original", tok))
+    return done
+
+
+def add_pipeline_args(parser) -> None:
+    parser.add_argument("--config", required=True, help="pipeline YAML (see training/pipeline.py)")
+
+
+def run_pipeline_cli(args) -> int:
+    outputs = run_pipeline(args.config)
+    print(json.dumps(outputs, indent=2))
+    return 0

@@ -1,0 +1,71 @@
+"""A one-process CPU fit of tiny InternVL components that a test kills with SIGKILL and resumes.
+
+Checkpoints every step (atomic, `last.ckpt` a link), RNG states included; drop path is on so the
+RNG matters, and image samples get random JPEG re-encoding so the data RNG matters too. Each
+step's loss is appended to OUT/losses.jsonl (flushed and fsynced) as {"step", "loss", "pid"}.
+
+usage: fit_killable.py VISION LLM SHARDS OUT STEPS [CKPT_PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig
+from internvl_lightning.training.checkpoint import AtomicCheckpoint, RngState
+from internvl_lightning.training.module import InternVLChat
+
+
+class LossFile(L.Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        line = {"step": trainer.global_step, "loss": float(outputs["loss"]), "pid": os.getpid()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def main() -> None:
+    vision, llm, shards, out, steps = sys.argv[1:6]
+    ckpt_path = sys.argv[6] if len(sys.argv) > 6 else None
+    torch.set_num_threads(1)
+    out = Path(out)
+    L.seed_everything(0, workers=True)
+    dm = InternVLDataModule(
+        shards=shards,
+        tokenizer=llm,
+        image_size=64,
+        tokens_per_tile=16,
+        max_dynamic_patch=4,
+        packing=PackingConfig(max_packed_tokens=384, num_images_expected=8, max_buffer_size=2),
+        num_workers=0,
+        shuffle_buffer=4,
+    )
+    module = InternVLChat(vision=vision, llm=llm, lr=1e-3, warmup=2, drop_path_rate=0.1)
+    ckpt = AtomicCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last="link")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=int(steps),
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        callbacks=[LossFile(out / "losses.jsonl"), RngState(), ckpt],
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+
+if __name__ == "__main__":
+    main()
