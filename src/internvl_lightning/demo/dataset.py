@@ -47,7 +47,9 @@ def _facts(s: Scene) -> dict[str, tuple[str, str, list[str]]]:
     }
 
 
-def multiple_choice(question: str, answer: str, options: list[str], rng: random.Random) -> tuple[str, str, list[str]]:
+def multiple_choice(
+    question: str, answer: str, options: list[str], rng: random.Random
+) -> tuple[str, str, list[str]]:
     """MMBench-style prompt over four shuffled options; returns (prompt, letter, options)."""
     opts = [answer] + rng.sample([o for o in options if o != answer], 3)
     rng.shuffle(opts)
@@ -109,9 +111,16 @@ class Writer:
     def write_meta(self, name: str, datasets: dict[str, dict]) -> Path:
         meta = {}
         for ds, opts in datasets.items():
+            if not self.files.get(ds):  # a small mixture may not draw every kind
+                continue
             path = self.root / f"{ds}.jsonl"
             path.write_text("\n".join(self.files[ds]) + "\n")
-            meta[ds] = {"root": str(self.root), "annotation": str(path), "repeat_time": 1, "length": len(self.files[ds])}
+            meta[ds] = {
+                "root": str(self.root),
+                "annotation": str(path),
+                "repeat_time": 1,
+                "length": len(self.files[ds]),
+            }
             meta[ds].update(opts)
         out = self.root / f"{name}.json"
         out.write_text(json.dumps(meta, indent=2) + "\n")
@@ -122,14 +131,22 @@ def _turn(q: str, a: str) -> list[dict]:
     return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
 
 
-def write_stage_data(root: Path, n1: int, n15: int, n2: int, seed: int = 0, image_size: int = 64) -> dict[str, Path]:
+def write_stage_data(
+    root: Path, n1: int, n15: int, n2: int, seed: int = 0, image_size: int = 64
+) -> dict[str, Path]:
     """Write the three stage mixtures; returns {stage: meta path}."""
     w = Writer(root, seed, image_size)
     rng = w.rng
     for _ in range(n1):  # stage 1: captions
         s = random_scene(rng)
         q = rng.choice(["Describe the image.", "What is in the picture?", "Write a short caption."])
-        w.add("captions", {"image": w.image(s, wide=rng.random() < 0.2), "conversations": _turn(f"<image>\n{q}", caption(s))})
+        w.add(
+            "captions",
+            {
+                "image": w.image(s, wide=rng.random() < 0.2),
+                "conversations": _turn(f"<image>\n{q}", caption(s)),
+            },
+        )
     for _ in range(n15):  # stage 1.5: vision-centric questions
         s = random_scene(rng)
         kind = rng.choice(list(_facts(s)))
@@ -146,7 +163,9 @@ def write_stage_data(root: Path, n1: int, n15: int, n2: int, seed: int = 0, imag
             s = random_scene(rng)
             f = _facts(s)
             k1, k2 = rng.sample(list(f), 2)
-            conv = _turn(f"<image>\n{f[k1][0]}", f[k1][1].capitalize() + ".") + _turn(f[k2][0], f[k2][1].capitalize() + ".")
+            conv = _turn(f"<image>\n{f[k1][0]}", f[k1][1].capitalize() + ".") + _turn(
+                f[k2][0], f[k2][1].capitalize() + "."
+            )
             w.add("multiturn", {"image": w.image(s), "conversations": conv})
         elif r < 0.78:  # two images
             s1, s2 = random_scene(rng), random_scene(rng)
@@ -155,10 +174,19 @@ def write_stage_data(root: Path, n1: int, n15: int, n2: int, seed: int = 0, imag
             target = rng.choice([1, 2])
             colour = (s1 if target == 1 else s2).colour
             q = f"Image-1: <image>\nImage-2: <image>\nWhich image shows a {colour} shape?"
-            w.add("multi_image", {"image": [w.image(s1), w.image(s2)], "conversations": _turn(q, f"Image-{target}.")})
+            w.add(
+                "multi_image",
+                {"image": [w.image(s1), w.image(s2)], "conversations": _turn(q, f"Image-{target}.")},
+            )
         elif r < 0.9:  # short video
             d, c = rng.choice(DIRECTIONS), rng.choice(list(COLOURS))
-            w.add("video", {"video": w.video(d, c), "conversations": _turn("<video>\nWhich way does the ball move?", f"The ball moves {d}.")})
+            w.add(
+                "video",
+                {
+                    "video": w.video(d, c),
+                    "conversations": _turn("<video>\nWhich way does the ball move?", f"The ball moves {d}."),
+                },
+            )
         else:  # pure text
             q, a = rng.choice(TEXT_FACTS)
             w.add("text", {"conversations": _turn(q, a)})
@@ -184,7 +212,9 @@ def write_mmbench_tsv(path: Path, n: int, seed: int, image_size: int = 64) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         out = csv.writer(f, delimiter="\t")
-        out.writerow(["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "image"])
+        out.writerow(
+            ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "image"]
+        )
         for i in range(n):
             s = random_scene(rng)
             category = rng.choice(["colour", "shape", "position", "count"])

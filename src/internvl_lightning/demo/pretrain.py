@@ -22,7 +22,13 @@ from .scenes import COLOURS, POSITIONS, SHAPES, draw_scene, random_scene
 
 
 def pretrain_llm(
-    llm_dir: Path, corpus: list[str], steps: int = 300, seq_len: int = 128, batch: int = 16, lr: float = 3e-3, seed: int = 0
+    llm_dir: Path,
+    corpus: list[str],
+    steps: int = 300,
+    seq_len: int = 128,
+    batch: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
 ) -> list[float]:
     """Next-token training on `corpus` (lines joined with the end-of-text token); saves in place."""
     torch.manual_seed(seed)
@@ -58,11 +64,15 @@ def _scene_batch(rng: random.Random, n: int, size: int) -> tuple[torch.Tensor, t
     for _ in range(n):
         s = random_scene(rng)
         images.append(to_tensor(draw_scene(s, rng, size, size), size))
-        labels.append([list(COLOURS).index(s.colour), SHAPES.index(s.shape), POSITIONS.index(s.position), s.count - 1])
+        labels.append(
+            [list(COLOURS).index(s.colour), SHAPES.index(s.shape), POSITIONS.index(s.position), s.count - 1]
+        )
     return torch.stack(images), torch.tensor(labels)
 
 
-def pretrain_vit(vision_dir: Path, steps: int = 300, batch: int = 32, lr: float = 2e-3, seed: int = 0) -> list[float]:
+def pretrain_vit(
+    vision_dir: Path, steps: int = 300, batch: int = 32, lr: float = 2e-3, seed: int = 0
+) -> list[float]:
     """Four-way classification heads (colour, shape, position, count) on mean-pooled patch features."""
     torch.manual_seed(seed)
     model = InternVLVisionModel.from_pretrained(str(vision_dir))

@@ -50,7 +50,9 @@ def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
     steps = 40 if quick else 300
     llm_loss = pretrain_llm(llm, corpus, steps=steps, seed=seed)
     vit_loss = pretrain_vit(vision, steps=steps, seed=seed)
-    done.write_text(json.dumps({"llm_loss": [llm_loss[0], llm_loss[-1]], "vit_loss": [vit_loss[0], vit_loss[-1]]}) + "\n")
+    done.write_text(
+        json.dumps({"llm_loss": [llm_loss[0], llm_loss[-1]], "vit_loss": [vit_loss[0], vit_loss[-1]]}) + "\n"
+    )
     print(f"[demo] components pretrained: LLM loss {llm_loss[0]:.2f} -> {llm_loss[-1]:.2f}, "
           f"ViT loss {vit_loss[0]:.2f} -> {vit_loss[-1]:.2f}")  # fmt: skip
     return vision, llm
@@ -68,7 +70,14 @@ def build_data(out: Path, llm: Path, quick: bool, seed: int) -> tuple[dict[str, 
     n = (200, 200, 300) if quick else (2400, 2400, 3600)
     metas = write_stage_data(out / "raw", *n, seed=seed)
     write_mmbench_tsv(tsv, 60 if quick else 200, seed=seed + 1000)
-    cfg = EncodeConfig(image_size=64, tokens_per_tile=16, max_dynamic_patch=6, min_num_frames=8, max_num_frames=8, max_length=1024)
+    cfg = EncodeConfig(
+        image_size=64,
+        tokens_per_tile=16,
+        max_dynamic_patch=6,
+        min_num_frames=8,
+        max_num_frames=8,
+        max_length=1024,
+    )
     for stage, meta in metas.items():
         report = shard_dataset(meta, str(llm), shards[stage], cfg, shard_size="8MB")
         kept = sum(d.kept for d in report.datasets.values())
@@ -131,7 +140,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     out = Path(out)
     vision, llm = build_components(out / "components", quick, seed)
     shards, tsv = build_data(out / "data", llm, quick, seed)
-    steps = {"stage1": 20, "stage1_5": 15, "stage2": 30} if quick else {"stage1": 150, "stage1_5": 120, "stage2": 250}
+    steps = (
+        {"stage1": 20, "stage1_5": 15, "stage2": 30}
+        if quick
+        else {"stage1": 150, "stage1_5": 120, "stage2": 250}
+    )
     accuracy: dict[str, float] = {}
 
     def after(stage: str, model_dir: Path) -> None:
@@ -152,7 +165,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     summary = _summary(rows, time.time() - t0, outputs, out)
     print(summary)
     (out / "summary.md").write_text(summary + "\n")
-    result = {"accuracy": accuracy, "rows": rows, "export": outputs.get("export"), "seconds": time.time() - t0}
+    result = {
+        "accuracy": accuracy,
+        "rows": rows,
+        "export": outputs.get("export"),
+        "seconds": time.time() - t0,
+    }
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -177,7 +195,9 @@ def _summary(rows, seconds: float, outputs: dict, out: Path) -> str:
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where components, data, runs and reports go")
-    parser.add_argument("--quick", action="store_true", help="cut data and steps (for CI); shows the flow, not the learning")
+    parser.add_argument(
+        "--quick", action="store_true", help="cut data and steps (for CI); shows the flow, not the learning"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 

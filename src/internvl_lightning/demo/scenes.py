@@ -43,12 +43,16 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 def _centre(position: str, size: int, rng: random.Random) -> tuple[float, float]:
     q, j = size / 4, size / 16
-    x, y = {"left": (q, 2 * q), "right": (3 * q, 2 * q), "top": (2 * q, q), "bottom": (2 * q, 3 * q)}[position]
+    x, y = {"left": (q, 2 * q), "right": (3 * q, 2 * q), "top": (2 * q, q), "bottom": (2 * q, 3 * q)}[
+        position
+    ]
     return x + rng.uniform(-j, j), y + rng.uniform(-j, j)
 
 
 def random_scene(rng: random.Random, max_count: int = 3) -> Scene:
-    return Scene(rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(POSITIONS), rng.randint(1, max_count))
+    return Scene(
+        rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(POSITIONS), rng.randint(1, max_count)
+    )
 
 
 def draw_scene(scene: Scene, rng: random.Random, width: int = 64, height: int = 64) -> Image.Image:
@@ -76,7 +80,9 @@ def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def ball_clip(direction: str, colour: str, rng: random.Random, frames: int = 8, size: int = 64) -> list[Image.Image]:
+def ball_clip(
+    direction: str, colour: str, rng: random.Random, frames: int = 8, size: int = 64
+) -> list[Image.Image]:
     """A ball crossing the frame in `direction`."""
     bg = tuple(rng.randint(200, 255) for _ in range(3))
     r = size / 8
@@ -85,7 +91,9 @@ def ball_clip(direction: str, colour: str, rng: random.Random, frames: int = 8, 
     for i in range(frames):
         t = lo + (hi - lo) * i / (frames - 1)
         mid = size / 2 + rng.uniform(-2, 2)
-        x, y = {"right": (t, mid), "left": (size - t, mid), "down": (mid, t), "up": (mid, size - t)}[direction]
+        x, y = {"right": (t, mid), "left": (size - t, mid), "down": (mid, t), "up": (mid, size - t)}[
+            direction
+        ]
         img = Image.new("RGB", (size, size), bg)
         _draw_shape(ImageDraw.Draw(img), "circle", x, y, r, COLOURS[colour])
         out.append(img)

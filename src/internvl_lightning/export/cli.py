@@ -8,11 +8,19 @@ import torch
 
 
 def add_export_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt, stage output dir, or original-layout dir")
+    parser.add_argument(
+        "--checkpoint", required=True, help="Lightning .ckpt, stage output dir, or original-layout dir"
+    )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the one that goes with the checkpoint)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer dir (default: the one that goes with the checkpoint)"
+    )
     parser.add_argument("--layout", choices=("hf", "original"), default="hf")
-    parser.add_argument("--llm-arch", default=None, help="original layout only: 'internlm2' packs a Llama LLM back into wqkv form")
+    parser.add_argument(
+        "--llm-arch",
+        default=None,
+        help="original layout only: 'internlm2' packs a Llama LLM back into wqkv form",
+    )
     parser.add_argument("--template", default="internvl2_5", help="chat template the model was trained with")
     parser.add_argument("--normalization", default="imagenet", choices=("imagenet", "clip", "siglip"))
     parser.add_argument("--max-dynamic-patch", type=int, default=12)

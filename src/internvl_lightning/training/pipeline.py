@@ -113,7 +113,9 @@ def run_pipeline(pipeline: dict | str | Path, on_stage_end=None) -> dict[str, An
     if init_from is None:
         raise ValueError("the pipeline has no stages")
     outputs["final"] = str(init_from)
-    outputs["evaluate"] = [evaluate_output(init_from, run_dir / "eval", **e) for e in pipeline.get("evaluate") or []]
+    outputs["evaluate"] = [
+        evaluate_output(init_from, run_dir / "eval", **e) for e in pipeline.get("evaluate") or []
+    ]
     export = pipeline.get("export")
     if export:
         outputs["export"] = export_output(init_from, run_dir / "export", **export)
@@ -121,7 +123,9 @@ def run_pipeline(pipeline: dict | str | Path, on_stage_end=None) -> dict[str, An
     return outputs
 
 
-def evaluate_output(model_dir: Path, out_dir: Path, benchmark: str, data: str, **kwargs: Any) -> dict[str, Any]:
+def evaluate_output(
+    model_dir: Path, out_dir: Path, benchmark: str, data: str, **kwargs: Any
+) -> dict[str, Any]:
     """Evaluate a stage output on one benchmark; the report lands in `out_dir`."""
     from ..evaluation.runner import evaluate
 
