@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from internvl_lightning.data.collate import PackingCollator
 from internvl_lightning.training import checkpoint as ckpt_mod
-from internvl_lightning.training.checkpoint import AtomicCheckpoint, RngState, link, publish, recover
+from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState, link, publish, recover
 from internvl_lightning.training.fault import NonFiniteError, NonFiniteGuard
 from internvl_lightning.training.module import InternVLChat
 from launch import start
@@ -179,7 +179,7 @@ def test_crash_during_save_keeps_last_on_the_previous_checkpoint(
     ckpt_dir = tmp_path / "ckpt"
 
     def make_trainer(steps: int) -> L.Trainer:
-        cb = AtomicCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, save_last="link")
+        cb = AtomicModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, save_last="link")
         return trainer(tmp_path, steps, [cb, RngState()])
 
     t = make_trainer(4)
@@ -212,6 +212,28 @@ def test_crash_during_save_keeps_last_on_the_previous_checkpoint(
     assert start.step == 2 and t2.global_step == 4
     assert os.readlink(last).endswith("-step=4.ckpt")
     assert not [p for p in ckpt_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_last_link_never_dangles_and_covers_the_final_step(
+    tiny_components, tiny_module_batches, tmp_path, monkeypatch
+):
+    """Top-k rotation deletes old checkpoints only after "last" moved on; the end of training is saved."""
+    _, batches = tiny_module_batches
+    ckpt_dir = tmp_path / "ckpt"
+    cb = AtomicModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=1, save_last="link")
+    removed = []
+
+    def remove(trainer, filepath):
+        assert (ckpt_dir / "last.ckpt").resolve() != Path(filepath).resolve(), "removing the target of last"
+        removed.append(Path(filepath).name)
+        trainer.strategy.remove_checkpoint(filepath)
+
+    monkeypatch.setattr(cb, "_remove_checkpoint", remove)
+    t = trainer(tmp_path, 5, [cb])
+    t.fit(fresh(tiny_components), train_dataloaders=loader([batches[i] for i in (0, 1, 3, 4, 5)]))
+    assert removed == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+    assert os.readlink(ckpt_dir / "last.ckpt") == "epoch=0-step=5.ckpt"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch=0-step=5.ckpt", "last.ckpt"]
 
 
 def test_publish_and_link_directories(tmp_path, monkeypatch):

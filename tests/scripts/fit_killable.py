@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig
-from internvl_lightning.training.checkpoint import AtomicCheckpoint, RngState
+from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState
 from internvl_lightning.training.module import InternVLChat
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         shuffle_buffer=4,
     )
     module = InternVLChat(vision=vision, llm=llm, lr=1e-3, warmup=2, drop_path_rate=0.1)
-    ckpt = AtomicCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last="link")
+    ckpt = AtomicModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last="link")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 from fake_gpu import CpuZeroStrategy  # noqa: E402
 from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig  # noqa: E402
 from internvl_lightning.model.build import load_pretrained_vlm  # noqa: E402
-from internvl_lightning.training.checkpoint import AtomicCheckpoint, RngState  # noqa: E402
+from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState  # noqa: E402
 from internvl_lightning.training.fault import NonFiniteGuard  # noqa: E402
 from internvl_lightning.training.freeze import FreezeSchedule  # noqa: E402
 from internvl_lightning.training.module import InternVLChat  # noqa: E402
@@ -139,7 +139,7 @@ def fit(strategy: str, vision: str, llm: str, shards: str, root: Path, ckpt_path
         FreezeSchedule(freeze_llm=True, freeze_backbone=True) if strategy == "zero1" else FreezeSchedule()
     )
     record, guard = Record(), NonFiniteGuard(max_consecutive_nonfinite=3)
-    ckpt = AtomicCheckpoint(
+    ckpt = AtomicModelCheckpoint(
         dirpath=root / "ckpt",
         every_n_train_steps=1,
         save_top_k=-1,
@@ -180,6 +180,8 @@ def fit(strategy: str, vision: str, llm: str, shards: str, root: Path, ckpt_path
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     out = {"losses": record.losses, "start_step": record.start_step, "skipped": guard.skipped}
+    norm = trainer.callback_metrics.get("train/grad_norm")
+    out["grad_norm"] = None if norm is None else float(norm)
     if checks is not None:
         out.update(checks.result)
     last = root / "ckpt" / "last.ckpt"

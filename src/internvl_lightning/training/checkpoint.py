@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints and exact resume: `AtomicCheckpoint` and `RngState`.
+"""Crash-safe checkpoints and exact resume: `AtomicModelCheckpoint` and `RngState`.
 
 A checkpoint is written under a hidden staging name and renamed into place only once every rank
 has finished writing, so a save killed midway never becomes a checkpoint, let alone "last".
@@ -105,14 +105,21 @@ def recover(dirpath: str | Path) -> list[str]:
     return notes
 
 
-class AtomicCheckpoint(ModelCheckpoint):
+class AtomicModelCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` whose saves are all-or-nothing (same arguments).
 
     Every save goes to `.staging-<name>`; after all ranks have written, global rank 0 renames it
     to `<name>` and, for `save_last="link"`, swaps the `last.ckpt` symlink. A crash at any point
     leaves `last.ckpt` on the previous complete checkpoint; leftovers are cleaned at the next start.
     Assumes checkpoints go to a filesystem every rank shares (as DeepSpeed's sharded saves do).
+
+    Two more guarantees for `save_last="link"`: the link moves to a new checkpoint before top-k
+    rotation deletes the old one (never dangling), and a state newer than the newest checkpoint
+    (the end of training) is saved as a checkpoint rather than linking "last" to an older one.
     """
+
+    def _links_last(self) -> bool:
+        return self.save_last == "link" and self.save_top_k != 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -132,9 +139,19 @@ class AtomicCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier("atomic_checkpoint_publish")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        if self._links_last() and not os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST):
+            # Move "last" now: Lightning deletes the checkpoint it pointed to right after this save.
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if trainer.is_global_zero:  # loggers see the checkpoint only once it exists
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self._links_last() and self._last_global_step_saved != trainer.global_step:
+            self._save_topk_checkpoint(trainer, monitor_candidates)  # links "last" when it saves
+            if self._last_global_step_saved == trainer.global_step:
+                return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     @staticmethod
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:

@@ -37,10 +37,11 @@ def parameter_table(model) -> list[tuple[str, int, int]]:
             if id(p) in seen:
                 continue
             seen.add(id(p))
+            n = getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves a local shard in p
             if p.requires_grad:
-                trainable += p.numel()
+                trainable += n
             else:
-                frozen += p.numel()
+                frozen += n
         rows.append((name, trainable, frozen))
     return rows
 

@@ -8,13 +8,14 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from ..model.forward import vlm_hidden_states
 from .flops import FlopsModel, peak_flops
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
-from .strategy import ParamScope, prepare_for_strategy
+from .strategy import ParamScope, deepspeed_grad_norm, prepare_for_strategy
 
 
 class InternVLChat(L.LightningModule):
@@ -193,6 +194,8 @@ class InternVLChat(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            return  # ZeRO keeps gradients out of param.grad: logged after the step (on_train_batch_end)
         norms = [
             p.grad.detach().norm(2) for g in optimizer.param_groups for p in g["params"] if p.grad is not None
         ]
@@ -215,6 +218,9 @@ class InternVLChat(L.LightningModule):
         now = time.perf_counter()
         stats = batch.get("stats") or {}
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
+        ds_norm = deepspeed_grad_norm(self.trainer.strategy)
+        if ds_norm is not None:
+            self.log("train/grad_norm", ds_norm, on_step=True, batch_size=1)
         for key in ("token_fill", "tile_fill"):
             if key in stats:
                 self.log(f"train/{key}", float(stats[key]), on_step=True, batch_size=1)

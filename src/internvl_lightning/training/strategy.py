@@ -134,10 +134,6 @@ class ZeroStrategy(DeepSpeedStrategy):
         yield
 
 
-def _data_parallel_size(strategy: ModelParallelStrategy) -> int:
-    return strategy.num_nodes * strategy.num_processes
-
-
 class Fsdp2Strategy(ModelParallelStrategy):
     """FSDP2 (`fully_shard`) over all ranks, no tensor parallelism: an alternative to ZeRO-3.
 
@@ -145,19 +141,43 @@ class Fsdp2Strategy(ModelParallelStrategy):
     within a node; InternVL has no tensor-parallel plan, so every rank is one data-parallel shard.
     The module shards itself in `configure_model` (see `shard_fsdp2`). Checkpoints are
     distributed (one file per rank) unless `save_distributed_checkpoint=False`.
+
+    Args:
+        param_dtype, reduce_dtype: FSDP2 mixed precision, e.g. "bfloat16" / "float32" (use with
+            `precision: 32-true`: FSDP2 casts, not autocast); None keeps the parameters' dtype.
+        reshard_after_forward: free each layer's gathered weights after its forward (less memory,
+            one more all-gather in backward).
     """
 
-    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        save_distributed_checkpoint: bool = True,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+        reshard_after_forward: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             data_parallel_size="auto",
             tensor_parallel_size=1,
             save_distributed_checkpoint=save_distributed_checkpoint,
             **kwargs,
         )
+        self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
+        self.reshard_after_forward = reshard_after_forward
 
     def setup_environment(self) -> None:
-        self._data_parallel_size = _data_parallel_size(self)
+        self._data_parallel_size = self.num_nodes * self.num_processes  # all ranks shard the model
         super().setup_environment()
+
+    def shard(self, pl_module: L.LightningModule, model) -> None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        dtype = lambda name: getattr(torch, name) if name else None  # noqa: E731
+        policy = MixedPrecisionPolicy(
+            param_dtype=dtype(self.param_dtype), reduce_dtype=dtype(self.reduce_dtype)
+        )
+        shard_fsdp2(pl_module, model, self.device_mesh["data_parallel"], self.reshard_after_forward, policy)
 
 
 def shard_fsdp2(
@@ -210,16 +230,22 @@ def prepare_for_strategy(pl_module: L.LightningModule, model) -> ParamScope:
     the loss must run in (it gathers the output layer under ZeRO-3).
     """
     strategy = pl_module._trainer.strategy if pl_module._trainer is not None else None
-    params = list(model.lm_head.parameters()) if is_zero3(strategy) else None
-    scope = ParamScope(params)
-    if isinstance(strategy, ModelParallelStrategy):
-        if strategy.device_mesh["tensor_parallel"].size() != 1:
-            raise ValueError(
-                "InternVL has no tensor-parallel plan: use Fsdp2Strategy (tensor_parallel_size=1)"
-            )
-        pl_module.lm_head_scope = scope  # registered before sharding, so FSDP2 sees the final module tree
-        shard_fsdp2(pl_module, model, strategy.device_mesh["data_parallel"])
-    return scope
+    if isinstance(strategy, Fsdp2Strategy):
+        strategy.shard(pl_module, model)
+    elif isinstance(strategy, ModelParallelStrategy):
+        raise ValueError("InternVL has no tensor-parallel plan: use Fsdp2Strategy for FSDP2")
+    return ParamScope(list(model.lm_head.parameters()) if is_zero3(strategy) else None)
+
+
+def deepspeed_grad_norm(strategy: Any) -> float | None:
+    """The global gradient norm of DeepSpeed's last optimizer step (inf if it was skipped), else None.
+
+    Under ZeRO the gradients live in DeepSpeed's partitions, not in `param.grad`.
+    """
+    if not isinstance(strategy, DeepSpeedStrategy) or strategy.model is None:
+        return None
+    norm = strategy.deepspeed_engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
 
 
 @contextlib.contextmanager
