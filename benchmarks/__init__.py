@@ -1,0 +1,1 @@
+"""Benchmark figures of internvl-lightning (README.md); run all with ``python -m benchmarks.run_all``."""

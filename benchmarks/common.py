@@ -58,7 +58,7 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         mem = None
     info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
@@ -141,3 +141,30 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 def print_result(result: dict[str, Any]) -> None:
     print(f"\n== {result['figure']}: {result['title']}")
     print(table([result]))
+
+
+class cpu_settings:
+    """Context: ``threads`` torch threads and denormals flushed to zero, restored afterwards.
+
+    On a small shared machine, OpenMP's barriers make multi-threaded small ops stall whenever a
+    neighbour's process takes a core (we measured 5-10x slower steps), and Adam's second moments of
+    a randomly initialised model reach denormal floats, which x86 computes ~100x slower. Both
+    distort CPU timings without saying anything about the code under test.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
+    def __enter__(self) -> cpu_settings:
+        import torch
+
+        self._saved = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        torch.set_flush_denormal(True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self._saved)
+        torch.set_flush_denormal(False)

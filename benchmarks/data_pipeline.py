@@ -159,7 +159,9 @@ def floor_images(blobs: list[bytes], image_size: int = 448, max_num: int = 12) -
             img = im.convert("RGB")
         cols, rows, n = tile_grid(*img.size, 1, max_num, s, True)
         canvas = img.resize((s * cols, s * rows))
-        crops = [canvas.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+        crops = [
+            canvas.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)
+        ]
         if n > len(crops):
             crops.append(img.resize((s, s)))
         tiles += len(crops)
@@ -208,27 +210,40 @@ def profile_buckets(stats: pstats.Stats) -> tuple[list[dict], list[dict]]:
         ("video decode (read_video)", cumulative("data/video.py", "read_video")),
         ("resize (PIL Image.resize)", cumulative("PIL/Image.py", "resize")),
         ("normalise (image.py:normalize_into)", cumulative("data/image.py", "normalize_into")),
-        ("torch.cat in encode.py:encode_sample", builtin_from("<built-in method torch.cat>", "data/encode.py", "encode_sample")),
+        (
+            "torch.cat in encode.py:encode_sample",
+            builtin_from("<built-in method torch.cat>", "data/encode.py", "encode_sample"),
+        ),
         ("tokenize (templates.py:tokenize)", cumulative("data/templates.py", "tokenize")),
         ("packing (packing.py:Packer._consume)", cumulative("data/packing.py", "_consume")),
         ("collate (collate.py:PackingCollator.__call__)", cumulative("data/collate.py", "__call__")),
-        ("resume snapshot (stream.py:_Worker.state + json)", cumulative("data/stream.py", "state")),
+        ("resume snapshot (stream.py:_Worker.state)", cumulative("data/stream.py", "state")),
     ]
     bucket_rows = [{"stage": name, "seconds": secs, "share": secs / total} for name, secs in stages]
     top = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:12]
     top_rows = []
-    for (file, line, func), v in top:
-        where = file
-        for marker in ("site-packages/", "src/", str(REPO) + "/"):
-            if marker in where:
-                where = where.split(marker, 1)[1]
-        top_rows.append({"function": f"{where}:{func}", "own_seconds": v[2], "share": v[2] / total})
+    for (file, _line, func), v in top:
+        top_rows.append({"function": f"{_short(file)}:{func}", "own_seconds": v[2], "share": v[2] / total})
     return bucket_rows, top_rows
+
+
+def _short(path: str) -> str:
+    """A profile entry's file without the machine's directories (package-relative, or stdlib/...)."""
+    for marker in ("site-packages/", "/src/", str(REPO) + "/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    if "/lib/python" in path:
+        return "stdlib/" + Path(path).name
+    return path
 
 
 def run(quick: bool = False) -> dict:
     repeats = 2 if quick else 3
-    counts = {"img1024x768": 8 if quick else 16, "img1920x1080": 8 if quick else 16, "video": 3 if quick else 6}
+    counts = {
+        "img1024x768": 8 if quick else 16,
+        "img1920x1080": 8 if quick else 16,
+        "video": 3 if quick else 6,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tokenizer = build_tokenizer(root / "tokenizer", "qwen2", corpus=[" ".join(_WORDS)])
@@ -238,7 +253,9 @@ def run(quick: bool = False) -> dict:
         shards, media = {}, {}
         for i, (kind, n) in enumerate(counts.items()):
             meta = write_kind(root / "raw", kind, blobs[kind], n, seed=i)
-            shard_dataset(meta, tokenizer, root / "shards" / kind, EncodeConfig(max_num_frames=FRAMES), progress=False)
+            shard_dataset(
+                meta, tokenizer, root / "shards" / kind, EncodeConfig(max_num_frames=FRAMES), progress=False
+            )
             media[kind] = [blobs[kind][k % len(blobs[kind])] for k in range(n)]
             shards[kind] = root / "shards" / kind
 
@@ -265,7 +282,9 @@ def run(quick: bool = False) -> dict:
                     "full_samples_per_s": samples / median(full_t),
                     "floor_tiles_per_s": floor_tiles / median(floor_t),
                 }
-                per_kind[kind]["share"] = per_kind[kind]["full_tiles_per_s"] / per_kind[kind]["floor_tiles_per_s"]
+                per_kind[kind]["share"] = (
+                    per_kind[kind]["full_tiles_per_s"] / per_kind[kind]["floor_tiles_per_s"]
+                )
             prof = cProfile.Profile()
             prof.enable()
             for kind in counts:
@@ -319,7 +338,12 @@ def run(quick: bool = False) -> dict:
             "media": {
                 "images": {k: list(v) for k, v in IMAGE_SIZES.items()},
                 "jpeg_quality": 90,
-                "video": {"size": list(VIDEO_SIZE), "fps": VIDEO_FPS, "seconds": VIDEO_SECONDS, "codec": "libx264"},
+                "video": {
+                    "size": list(VIDEO_SIZE),
+                    "fps": VIDEO_FPS,
+                    "seconds": VIDEO_SECONDS,
+                    "codec": "libx264",
+                },
                 "frames_per_video": FRAMES,
                 "samples": counts,
             },

@@ -8,8 +8,9 @@ label is trained). Variants, each in its own subprocess (peak RSS is a per-proce
   (kept alive: the model output returns them), cross-entropy over all of them;
 - ``chunked``: ``training/loss.py::weighted_loss`` at a chunk size.
 
-Peak = ``ru_maxrss`` after forward + backward minus the resident size just before, with inputs, the
-output layer and both gradient buffers already allocated (a training step holds those anyway).
+Peak = the resident high-water mark (``VmHWM``, reset just before; see :func:`_reset_peak`) after
+forward + backward minus the resident size just before, with inputs, the output layer and both
+gradient buffers already allocated (a training step holds those anyway).
 
 Full logits at 16,384 tokens need ~37 GiB (more than this machine has) and each variant's matrix
 products take many minutes on two cores, so the 16,384-token figure is projected from a memory
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,13 +47,28 @@ ROW_BYTES = VOCAB * 4  # one fp32 row of logits
 SMALL_HIDDEN = 64  # hidden size of the runs that measure k
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def _reset_peak() -> bool:
+    """Reset this process's resident high-water mark (VmHWM) to its current RSS (Linux >= 4.0).
+
+    ``ru_maxrss`` cannot be used after fork: a child starts with its parent's high-water mark, so
+    a large parent (the figure runner) would hide the child's peak. VmHWM belongs to the address
+    space, which exec replaces, and ``clear_refs`` resets it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) -> None:
@@ -75,7 +90,8 @@ def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) ->
     hidden.grad = torch.zeros_like(hidden)
     probe = torch.randn(hidden_size, generator=torch.Generator().manual_seed(1))
 
-    base_rss, base_max = _rss_bytes(), _maxrss_bytes()
+    reset = _reset_peak()
+    base_rss, base_max = _status_bytes("VmRSS"), _status_bytes("VmHWM")
     t0 = time.perf_counter()
     if variant == "full":
         logits = lm_head(hidden)  # (1, T, V): what a causal LM returns
@@ -87,7 +103,7 @@ def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) ->
         loss, _ = weighted_loss(hidden, lm_head, labels, weights, None, chunk)
     loss.backward()
     seconds = time.perf_counter() - t0
-    peak = _maxrss_bytes()
+    peak = _status_bytes("VmHWM")
     result = {
         "variant": variant,
         "tokens": tokens,
@@ -96,8 +112,9 @@ def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) ->
         "rows": chunk if variant == "chunked" else tokens,
         "seconds": seconds,
         "baseline_rss": base_rss,
-        "maxrss_before": base_max,
-        "maxrss_after": peak,
+        "peak_reset": reset,
+        "hwm_before": base_max,
+        "hwm_after": peak,
         "peak_bytes": peak - base_rss,
         "loss": loss.item(),
     }
@@ -117,7 +134,7 @@ def measure(variant: str, tokens: int, chunk: int = 0, hidden_size: int = HIDDEN
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
         result = json.loads(Path(out).read_text())
         grads = torch.load(out + ".pt", weights_only=True)
-    if result["maxrss_after"] <= result["maxrss_before"]:
+    if result["hwm_after"] <= result["hwm_before"]:
         raise RuntimeError(f"{variant}: the set-up, not the loss, set the peak; peak not measurable")
     return result, grads
 

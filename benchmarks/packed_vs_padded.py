@@ -26,7 +26,7 @@ from internvl_lightning.data.collate import PackingCollator
 from internvl_lightning.model.forward import image_features, vlm_hidden_states
 from internvl_lightning.training.loss import per_sample_losses, weighted_loss
 
-from .common import interleaved, median, print_result, row, save
+from .common import cpu_settings, interleaved, median, print_result, row, save
 from .small_model import mix_samples, pack_budget, packs_of, small_components, small_model
 
 TARGET_SPEEDUP, LOSS_ATOL = 1.5, 1e-4
@@ -72,6 +72,11 @@ def train_epoch(model, optimizer, batches: list[dict], forward) -> None:
 
 
 def run(quick: bool = False) -> dict:
+    with cpu_settings(threads=1):
+        return _run(quick)
+
+
+def _run(quick: bool) -> dict:
     n, batch, repeats = (48, 8, 2) if quick else (96, 8, 3)
     with tempfile.TemporaryDirectory() as tmp:
         model = small_model(small_components(Path(tmp)))
@@ -94,9 +99,15 @@ def run(quick: bool = False) -> dict:
     model.train()
 
     real = sum(s.num_tokens for s in samples)
-    computed = {"packed": sum(b["input_ids"].numel() for b in packed), "padded": sum(b["input_ids"].numel() for b in padded)}
+    computed = {
+        "packed": sum(b["input_ids"].numel() for b in packed),
+        "padded": sum(b["input_ids"].numel() for b in padded),
+    }
     runs = {}
-    for name, batches, fwd in (("packed", packed, packed_hidden_states), ("padded", padded, padded_hidden_states)):
+    for name, batches, fwd in (
+        ("packed", packed, packed_hidden_states),
+        ("padded", padded, padded_hidden_states),
+    ):
         m = copy.deepcopy(model)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
         train_epoch(m, opt, batches[:1], fwd)  # warm-up step

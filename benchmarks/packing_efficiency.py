@@ -9,7 +9,9 @@ sample on average). Each algorithm of ``Packer`` packs the same stream at the In
   over the packs built while the stream flows ("steady": an endless training stream never flushes)
   and over all packs including the final flush of the buffer ("all");
 - the padding a non-packed loader carries: batches of ``batch`` samples in stream order, padded to
-  their longest sample (padding fraction = padding tokens / batch tokens).
+  their longest sample (padding fraction = padding tokens / batch tokens);
+- the most tiles buffered inside the packer at once: encoded samples wait there with their pixel
+  tensors, so this is the packer's memory per data worker (float32 448x448 tiles).
 
 Targets: greedy steady token fill >= 97%, and greedy never below the reference on any seed.
 """
@@ -28,21 +30,27 @@ from .common import median, print_result, row, save
 TOKENS, TILES, BUFFER = 16384, 48, 20
 ALGORITHMS = ("reference", "greedy")
 TARGET_FILL = 0.97
+TILE_BYTES = 3 * 448 * 448 * 4  # one float32 448x448 RGB tile, as the encoder stores it
 
 
 def pack_stream(sizes: list[tuple[int, int]], algorithm: str) -> dict:
     """Pack ``sizes`` (tokens, tiles) in order; fills over steady packs and over all packs."""
     packer = Packer(TOKENS, TILES, BUFFER, algorithm=algorithm)
-    flowing = {"open": True}
+    flowing = {"open": True, "tiles_in": 0}
 
     def stream():
-        yield from (SampleSize(str(i), n, t) for i, (n, t) in enumerate(sizes))
+        for i, (n, t) in enumerate(sizes):
+            flowing["tiles_in"] += t
+            yield SampleSize(str(i), n, t)
         flowing["open"] = False  # reached only when the packer asks past the last sample
 
     steady, flushed = [], []
+    tiles_out = held = 0
     t0 = time.perf_counter()
     for pack in packer.pack(stream()):
         (steady if flowing["open"] else flushed).append((pack.num_tokens, pack.num_tiles))
+        held = max(held, flowing["tiles_in"] - tiles_out)  # tiles inside the packer, this pack included
+        tiles_out += pack.num_tiles
     seconds = time.perf_counter() - t0
 
     def fills(packs: list[tuple[int, int]]) -> tuple[float, float]:
@@ -60,6 +68,7 @@ def pack_stream(sizes: list[tuple[int, int]], algorithm: str) -> dict:
         "token_fill_all": fills(every)[0],
         "tile_fill_all": fills(every)[1],
         "samples_per_s": len(sizes) / seconds,
+        "max_tiles_held": held,
     }
 
 
@@ -97,6 +106,7 @@ def run(quick: bool = False) -> dict:
     )
     worst = min(e["greedy"]["token_fill_steady"] - e["reference"]["token_fill_steady"] for e in per_seed)
     pad = median(e["padding_fraction_unpacked"] for e in per_seed)
+    held = {a: max(e[a]["max_tiles_held"] for e in per_seed) for a in ALGORITHMS}
     rows = [
         row(
             "greedy token fill (steady)",
@@ -123,6 +133,14 @@ def run(quick: bool = False) -> dict:
             never_below,
         ),
         row(f"padding, unpacked batches of {batch}", "info", f"{pad:.1%} of batch tokens", None),
+        row(
+            "tiles held inside the packer (max)",
+            "info",
+            f"greedy {held['greedy']:.0f} / reference {held['reference']:.0f} tiles = "
+            f"{held['greedy'] * TILE_BYTES / 2**30:.1f} / {held['reference'] * TILE_BYTES / 2**30:.1f} GiB "
+            "float32 per worker",
+            None,
+        ),
     ]
     return {
         "figure": "packing_efficiency",

@@ -80,7 +80,9 @@ def mix_samples(model, n: int, seed: int = 0) -> list[EncodedSample]:
         labels = input_ids.clone()
         labels[: len(input_ids) - (text - prompt)] = -100
         pixels = torch.randn(tiles, 3, size, size, generator=g)
-        out.append(EncodedSample(f"s{i}", "mix", input_ids, labels, pixels, torch.ones(tiles, dtype=torch.long)))
+        out.append(
+            EncodedSample(f"s{i}", "mix", input_ids, labels, pixels, torch.ones(tiles, dtype=torch.long))
+        )
     return out
 
 

@@ -100,11 +100,13 @@ class InternVLChat(L.LightningModule):
                 vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options
             )
         # Non-reentrant checkpointing: frozen inputs (stage 1) raise no "does not require grad".
-        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
-        if h.gradient_checkpointing_vit:
-            self.model.model.vision_tower.activation_checkpointing_enable(**kwargs)
-        if h.gradient_checkpointing_llm:
-            self.model.model.language_model.activation_checkpointing_enable(**kwargs)
+        parts = [self.model.model.vision_tower] if h.gradient_checkpointing_vit else []
+        parts += [self.model.model.language_model] if h.gradient_checkpointing_llm else []
+        for part in parts:
+            if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Loaders return eval mode; Lightning keeps a module's mode, and drop path needs train().
         self.model.train(self.training)
         for cb in self.trainer.callbacks if self._trainer is not None else []:
