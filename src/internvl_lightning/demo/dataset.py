@@ -50,9 +50,14 @@ def _facts(s: Scene) -> dict[str, tuple[str, str, list[str]]]:
 def multiple_choice(
     question: str, answer: str, options: list[str], rng: random.Random
 ) -> tuple[str, str, list[str]]:
-    """MMBench-style prompt over four shuffled options; returns (prompt, letter, options)."""
-    opts = [answer] + rng.sample([o for o in options if o != answer], 3)
-    rng.shuffle(opts)
+    """MMBench-style prompt over four options; returns (prompt, letter, options).
+
+    Three distractors are drawn at random but the options keep one fixed order per question kind
+    (e.g. red, green, blue, yellow): a model of this size learns to see within minutes, while
+    matching a perceived colour against shuffled option texts would take it far longer.
+    """
+    chosen = {answer, *rng.sample([o for o in options if o != answer], 3)}
+    opts = [o for o in options if o in chosen]
     letters = "ABCD"
     prompt = question + "".join(f"\n{letters[i]}. {o}" for i, o in enumerate(opts)) + MC_SUFFIX
     return prompt, letters[opts.index(answer)], opts
@@ -74,12 +79,46 @@ TEXT_FACTS = [
 
 
 def language_corpus(n: int, seed: int) -> list[str]:
-    """Plain text for the LLM's own pretraining: captions and simple facts, no images, no quiz format."""
+    """Plain text (captions and simple facts) for training the tokenizer."""
     rng = random.Random(seed)
     lines = [caption(random_scene(rng)) for _ in range(n)]
     lines += [f"{q} {a}" for q, a in TEXT_FACTS for _ in range(max(1, n // 50))]
     rng.shuffle(lines)
     return lines
+
+
+def chat_corpus(n: int, seed: int) -> list[list[dict]]:
+    """Text-only conversations the LLM is pretrained on, as an instruction-tuned LLM would be.
+
+    The scene questions come with the scene written out in words ("Picture: two blue squares at
+    the top."), so the LLM learns to read colours, shapes, places and counts from its context;
+    stage 1 then only has to make the picture's tokens say the same thing. Multiple choice is
+    practised on general knowledge only: answering about pictures with letters is left to stage 2.
+    """
+    rng = random.Random(seed)
+    convs = []
+    while len(convs) < n:
+        r = rng.random()
+        s = random_scene(rng)
+        context = f"Picture: {caption(s).lower()}\n"
+        if r < 0.35:
+            q = rng.choice(["Describe the image.", "What is in the picture?", "Write a short caption."])
+            convs.append(_turn(context + q, caption(s)))
+        elif r < 0.7:
+            q, a, _ = rng.choice(list(_facts(s).values()))
+            convs.append(_turn(context + q, a))
+        elif r < 0.85:
+            q, a = rng.choice(TEXT_FACTS)
+            convs.append(_turn(q, a))
+        else:  # multiple choice about general facts: the letter of the option that holds the answer
+            q, a = rng.choice(TEXT_FACTS)
+            key = a.lower().rstrip(".").split()[-1]  # the answer word ends every fact
+            if key not in COLOURS and key not in COUNT_WORDS[1:]:
+                continue
+            pool = list(COLOURS) if key in COLOURS else list(COUNT_WORDS[1:])
+            prompt, letter, _ = multiple_choice(q, key, pool, rng)
+            convs.append(_turn(prompt, letter))
+    return convs
 
 
 class Writer:

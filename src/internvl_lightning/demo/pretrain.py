@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -23,76 +24,106 @@ from .scenes import COLOURS, POSITIONS, SHAPES, draw_scene, random_scene
 
 def pretrain_llm(
     llm_dir: Path,
-    corpus: list[str],
+    conversations: list[list[dict]],
     steps: int = 300,
-    seq_len: int = 128,
-    batch: int = 16,
+    batch: int = 32,
     lr: float = 3e-3,
     seed: int = 0,
 ) -> list[float]:
-    """Next-token training on `corpus` (lines joined with the end-of-text token); saves in place."""
+    """Instruction-style training on text-only conversations (labels on the answers only); saves in place.
+
+    Conversations are rendered with the `internvl2_5` template, as the VLM stages will render them.
+    """
+    from ..data.templates import tokenize
+
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir))
-    eos = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids: list[int] = []
-    for line in corpus:
-        ids += tok(line, add_special_tokens=False)["input_ids"] + [eos]
-    stream = torch.tensor(ids)
-    n_seq = len(stream) // seq_len
-    data = stream[: n_seq * seq_len].view(n_seq, seq_len)
+    encoded = [tokenize(c, tok, "internvl2_5") for c in conversations]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
-    for _ in tqdm(range(steps), desc="pretrain LLM (language modelling)", leave=False):
-        x = data[torch.randint(0, n_seq, (batch,), generator=g)]
-        loss = model(input_ids=x, labels=x, use_cache=False).loss
+    for _ in tqdm(range(steps), desc="pretrain LLM (text-only chat)", leave=False):
+        pick = torch.randint(0, len(encoded), (batch,), generator=g).tolist()
+        length = max(len(encoded[i][0]) for i in pick)
+        ids = torch.full((batch, length), pad)
+        labels = torch.full((batch, length), -100)
+        for row, i in enumerate(pick):  # right padding, masked out of attention and loss
+            x, y = encoded[i]
+            ids[row, : len(x)], labels[row, : len(y)] = x, y
+        loss = model(
+            input_ids=ids, attention_mask=(labels != -100) | (ids != pad), labels=labels, use_cache=False
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.save_pretrained(str(llm_dir))
     return losses
 
 
-def _scene_batch(rng: random.Random, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
+def _scene_batch(
+    rng: random.Random, n: int, size: int, patch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pictures, their scene labels (colour, shape, position, count) and per-patch labels.
+
+    A patch's label is what covers most of it: background (0) or the scene's colour and shape
+    (1 + index), so every patch token learns what it shows, as a real ViT's patch tokens do.
+    """
+    images, labels, patches = [], [], []
+    palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # (4, 3)
     for _ in range(n):
         s = random_scene(rng)
-        images.append(to_tensor(draw_scene(s, rng, size, size), size))
+        img = draw_scene(s, rng, size, size)
+        images.append(to_tensor(img, size))
         labels.append(
             [list(COLOURS).index(s.colour), SHAPES.index(s.shape), POSITIONS.index(s.position), s.count - 1]
         )
-    return torch.stack(images), torch.tensor(labels)
+        px = torch.from_numpy(np.asarray(img, dtype=np.float32))  # (H, W, 3)
+        near = (px[:, :, None, :] - palette).abs().sum(-1).min(-1).values < 60  # pixel belongs to a shape
+        fg = F.avg_pool2d(near[None, None].float(), patch)[0, 0].flatten() > 0.5  # (patches,)
+        patches.append(
+            torch.stack([fg * (1 + list(COLOURS).index(s.colour)), fg * (1 + SHAPES.index(s.shape))], -1)
+        )
+    return torch.stack(images), torch.tensor(labels), torch.stack(patches).long()
 
 
 def pretrain_vit(
     vision_dir: Path, steps: int = 300, batch: int = 32, lr: float = 2e-3, seed: int = 0
 ) -> list[float]:
-    """Four-way classification heads (colour, shape, position, count) on mean-pooled patch features."""
+    """Scene heads on the CLS token (colour, shape, position, count) and per-patch heads on every
+    patch token (colour and shape of what covers it); the heads are discarded afterwards."""
     torch.manual_seed(seed)
     model = InternVLVisionModel.from_pretrained(str(vision_dir))
-    size = model.config.image_size[0]
-    heads = torch.nn.ModuleList(torch.nn.Linear(model.config.hidden_size, 4) for _ in range(4))
-    params = list(model.parameters()) + list(heads.parameters())
+    size, patch = model.config.image_size[0], model.config.patch_size[0]
+    hidden = model.config.hidden_size
+    heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 4) for _ in range(4))
+    patch_heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(2))
+    params = list(model.parameters()) + list(heads.parameters()) + list(patch_heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
     losses = []
     model.train()
-    for _ in tqdm(range(steps), desc="pretrain ViT (shape/colour classification)", leave=False):
-        x, y = _scene_batch(rng, batch, size)
-        feats = model(pixel_values=x).last_hidden_state[:, 1:].mean(1)  # (B, C) patch average
-        loss = sum(F.cross_entropy(h(feats), y[:, i]) for i, h in enumerate(heads)) / len(heads)
+    for _ in tqdm(range(steps), desc="pretrain ViT (shape/colour recognition)", leave=False):
+        x, y, yp = _scene_batch(rng, batch, size, patch)
+        h = model(pixel_values=x).last_hidden_state  # (B, 1 + patches, C)
+        scene = sum(F.cross_entropy(head(h[:, 0]), y[:, i]) for i, head in enumerate(heads)) / len(heads)
+        dense = sum(
+            F.cross_entropy(head(h[:, 1:]).flatten(0, 1), yp[..., i].flatten())
+            for i, head in enumerate(patch_heads)
+        )
+        loss = scene + dense / len(patch_heads)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.save_pretrained(str(vision_dir))
     return losses

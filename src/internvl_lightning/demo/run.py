@@ -35,7 +35,7 @@ STAGES = ("stage1", "stage1_5", "stage2")
 
 def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
     """Write and pretrain the ViT and the LLM once (skipped when already there)."""
-    from .dataset import language_corpus
+    from .dataset import chat_corpus, language_corpus
     from .pretrain import pretrain_llm, pretrain_vit
 
     vision, llm = out / "vision", out / "llm"
@@ -48,7 +48,7 @@ def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
     # The training system prompt is in the tokenizer's corpus so it becomes a few tokens, not dozens.
     write_llm(DEMO_LLM, llm, corpus=corpus + [system] * 50, seed=seed)
     steps = 40 if quick else 300
-    llm_loss = pretrain_llm(llm, corpus, steps=steps, seed=seed)
+    llm_loss = pretrain_llm(llm, chat_corpus(500 if quick else 6000, seed + 2), steps=steps, seed=seed)
     vit_loss = pretrain_vit(vision, steps=steps, seed=seed)
     done.write_text(
         json.dumps({"llm_loss": [llm_loss[0], llm_loss[-1]], "vit_loss": [vit_loss[0], vit_loss[-1]]}) + "\n"
@@ -143,7 +143,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     steps = (
         {"stage1": 20, "stage1_5": 15, "stage2": 30}
         if quick
-        else {"stage1": 150, "stage1_5": 120, "stage2": 250}
+        else {"stage1": 150, "stage1_5": 120, "stage2": 350}
     )
     accuracy: dict[str, float] = {}
 
