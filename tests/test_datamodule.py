@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import itertools
+import json
 
 import jsonargparse
 import lightning.pytorch as pl
