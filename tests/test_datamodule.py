@@ -44,7 +44,9 @@ def tool_shards(tmp_path_factory, vlm_tokenizer):  # noqa: F811
     shard_dataset(data.meta, vlm_tokenizer, root / "shards", cfg, shard_size="20KB", progress=False)
     meta = json.loads(data.meta.read_text())
     # Samples per epoch: every kept line, times its dataset's repeat_time (the text set repeats).
-    return root / "shards", sum(len(data.good_lines(d)) * int(meta[d].get("repeat_time", 1)) for d in data.lines)
+    return root / "shards", sum(
+        len(data.good_lines(d)) * int(meta[d].get("repeat_time", 1)) for d in data.lines
+    )
 
 
 def test_one_epoch_from_the_shard_tool(tool_shards, llm_dir):  # noqa: F811
