@@ -16,8 +16,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from tiny_data import tiny_datamodule
 
-from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig
 from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState
 from internvl_lightning.training.module import InternVLChat
 
@@ -40,16 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(out)
     L.seed_everything(0, workers=True)
-    dm = InternVLDataModule(
-        shards=shards,
-        tokenizer=llm,
-        image_size=64,
-        tokens_per_tile=16,
-        max_dynamic_patch=4,
-        packing=PackingConfig(max_packed_tokens=384, num_images_expected=8, max_buffer_size=2),
-        num_workers=0,
-        shuffle_buffer=4,
-    )
+    dm = tiny_datamodule(shards, llm)
     module = InternVLChat(vision=vision, llm=llm, lr=1e-3, warmup=2, drop_path_rate=0.1)
     ckpt = AtomicModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last="link")
     trainer = L.Trainer(

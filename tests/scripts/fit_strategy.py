@@ -25,9 +25,9 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
+from tiny_data import tiny_datamodule  # noqa: E402
 
 from fake_gpu import CpuZeroStrategy  # noqa: E402
-from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig  # noqa: E402
 from internvl_lightning.model.build import load_pretrained_vlm  # noqa: E402
 from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState  # noqa: E402
 from internvl_lightning.training.fault import NonFiniteGuard  # noqa: E402
@@ -153,16 +153,7 @@ def fit(strategy: str, vision: str, llm: str, shards: str, root: Path, ckpt_path
         callbacks += [StageOutput(str(hf)), checks]
     if stop is not None:
         callbacks.append(StopAfter(stop))
-    dm = InternVLDataModule(
-        shards=shards,
-        tokenizer=llm,
-        image_size=64,
-        tokens_per_tile=16,
-        max_dynamic_patch=4,
-        packing=PackingConfig(max_packed_tokens=384, num_images_expected=8, max_buffer_size=2),
-        num_workers=0,
-        shuffle_buffer=4,
-    )
+    dm = tiny_datamodule(shards, llm)
     module = NanOnRank1(vision=vision, llm=llm, lr=1e-3, weight_decay=0.05, drop_path_rate=0.1)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -22,6 +22,22 @@ from ..data.image import to_tensor
 from .scenes import COLOURS, POSITIONS, SHAPES, draw_scene, random_scene
 
 
+def _train(params: list[torch.nn.Parameter], loss_of_step, steps: int, lr: float, desc: str) -> list[float]:
+    """AdamW + one-cycle schedule + clipping for `steps` steps of `loss_of_step()`; returns the losses."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, leave=False):
+        loss = loss_of_step()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
 def pretrain_llm(
     llm_dir: Path,
     conversations: list[list[dict]],
@@ -41,12 +57,9 @@ def pretrain_llm(
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir))
     encoded = [tokenize(c, tok, "internvl2_5") for c in conversations]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="pretrain LLM (text-only chat)", leave=False):
+
+    def step() -> torch.Tensor:
         pick = torch.randint(0, len(encoded), (batch,), generator=g).tolist()
         length = max(len(encoded[i][0]) for i in pick)
         ids = torch.full((batch, length), pad)
@@ -54,15 +67,11 @@ def pretrain_llm(
         for row, i in enumerate(pick):  # right padding, masked out of attention and loss
             x, y = encoded[i]
             ids[row, : len(x)], labels[row, : len(y)] = x, y
-        loss = model(
-            input_ids=ids, attention_mask=(labels != -100) | (ids != pad), labels=labels, use_cache=False
-        ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        mask = (labels != -100) | (ids != pad)
+        return model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+
+    model.train()
+    losses = _train(list(model.parameters()), step, steps, lr, "pretrain LLM (text-only chat)")
     model.save_pretrained(str(llm_dir))
     return losses
 
@@ -105,12 +114,9 @@ def pretrain_vit(
     heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 4) for _ in range(4))
     patch_heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(2))
     params = list(model.parameters()) + list(heads.parameters()) + list(patch_heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="pretrain ViT (shape/colour recognition)", leave=False):
+
+    def step() -> torch.Tensor:
         x, y, yp = _scene_batch(rng, batch, size, patch)
         h = model(pixel_values=x).last_hidden_state  # (B, 1 + patches, C)
         scene = sum(F.cross_entropy(head(h[:, 0]), y[:, i]) for i, head in enumerate(heads)) / len(heads)
@@ -118,12 +124,9 @@ def pretrain_vit(
             F.cross_entropy(head(h[:, 1:]).flatten(0, 1), yp[..., i].flatten())
             for i, head in enumerate(patch_heads)
         )
-        loss = scene + dense / len(patch_heads)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        return scene + dense / len(patch_heads)
+
+    model.train()
+    losses = _train(params, step, steps, lr, "pretrain ViT (shape/colour recognition)")
     model.save_pretrained(str(vision_dir))
     return losses

@@ -25,6 +25,7 @@ from ..model.convert import (
     vision_config_from_original,
     vision_config_to_original,
 )
+from ..model.presets import tokens_per_tile
 
 ORIGINAL_ARCH = "InternVLChatModel"
 
@@ -111,12 +112,11 @@ def load_original(
         getattr(text_cfg, "num_key_value_heads", None),
     )
     ratio = raw.get("downsample_ratio", 0.5)
-    patches = (vision_cfg.image_size[0] // vision_cfg.patch_size[0]) ** 2
     config = InternVLConfig(
         vision_config=vision_cfg,
         text_config=text_cfg,
         image_token_id=_image_token_id(d, sd),
-        image_seq_length=int(patches * ratio**2),
+        image_seq_length=tokens_per_tile(vision_cfg, ratio),
         downsample_ratio=ratio,
         projector_hidden_act="gelu",
         vision_feature_layer=raw.get("select_layer", -1),

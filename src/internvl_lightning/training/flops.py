@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model.presets import tokens_per_tile
+
 # Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
 PEAK_BF16_FLOPS = {
     "H100": 989e12,
@@ -59,7 +61,7 @@ class FlopsModel:
             vit_hidden=vc.hidden_size,
             vit_tokens_per_tile=patches + 1,
             mlp_params=count(model.model.multi_modal_projector),
-            llm_tokens_per_tile=int(patches * cfg.downsample_ratio**2),
+            llm_tokens_per_tile=tokens_per_tile(vc, cfg.downsample_ratio),
         )
 
     def step_flops(self, tokens: int, sample_lengths: list[int], tiles: int) -> float:
