@@ -111,3 +111,27 @@ def test_strict_pack_tile_padding_and_errors() -> None:
         PackingCollator(max_packed_tokens=2, pad_to_budget=True)([pack])
     with pytest.raises(ValueError):
         PackingCollator(loss_reduction="mean")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("norm", ["imagenet", "clip"])
+def test_uint8_tiles_are_normalised_into_the_batch(norm) -> None:
+    """Encoder-style uint8 (T, S, S, 3) tiles come out as the float tiles `pixel_values` gives,
+    beside already-normalised float tiles and zero padding tiles, in pack order."""
+    from PIL import Image
+
+    from internvl_lightning.data.tiling import pixel_values, tile_array
+
+    g = torch.Generator().manual_seed(0)
+    img = Image.fromarray(torch.randint(0, 256, (S, 2 * S, 3), generator=g, dtype=torch.uint8).numpy())
+    raw = torch.from_numpy(tile_array(img, 1, 4, S, True))  # 2 tiles + thumbnail
+    assert raw.dtype == torch.uint8 and raw.shape == (3, S, S, 3)
+    a = EncodedSample(
+        "a", "d", torch.tensor([1, 2]), torch.tensor([1, 2]), raw, torch.ones(3, dtype=torch.long), norm
+    )
+    b = sample("b", [3, 4], [3, 4], tiles=1)  # float tiles are copied as they are
+    pack = Pack([a, b])
+    pack.pad_tiles_to = 6
+    out = PackingCollator(max_packed_tokens=8, num_images_expected=6)([pack])
+    want = torch.cat([pixel_values(img, 1, 4, S, True, norm), b.pixel_values, torch.zeros(2, 3, S, S)])
+    assert out["pixel_values"].dtype == torch.float32 and torch.equal(out["pixel_values"], want)
+    assert out["image_flags"].tolist() == [1, 1, 1, 1, 0, 0]

@@ -13,7 +13,8 @@ from datagen import write_dataset
 from internvl_lightning.constants import IGNORE_INDEX, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 from internvl_lightning.data.encode import EncodeConfig, count_sample, encode_sample, image_size_of
 from internvl_lightning.data.schema import SampleTooLong
-from internvl_lightning.data.tiling import tile_grid
+from internvl_lightning.data.image import load_image, normalize_tiles
+from internvl_lightning.data.tiling import pixel_values, tile_grid
 from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
 
 S, TPT = 64, 16
@@ -63,7 +64,7 @@ def runs(ids: torch.Tensor, tok) -> list[int]:
 
 
 def check_common(s, n_tiles: int) -> None:
-    assert s.pixel_values.shape == (n_tiles, 3, S, S) and s.pixel_values.dtype == torch.float32
+    assert s.pixel_values.shape == (n_tiles, S, S, 3) and s.pixel_values.dtype == torch.uint8
     assert s.image_flags.tolist() == [1] * n_tiles
     assert s.input_ids.shape == s.labels.shape
     trained = s.labels != IGNORE_INDEX
@@ -78,6 +79,9 @@ def test_single_image_tiles_and_tokens(data, tok, line):
     n = tile_grid(w, h, 1, CFG.max_dynamic_patch, S, True)[2]
     check_common(s, n)
     assert runs(s.input_ids, tok) == [TPT * n]  # also when the record had no <image> (auto-inserted)
+    # The uint8 tiles, once normalised, are exactly the public tiling's float tiles.
+    want = pixel_values(load_image(media["img0"]), 1, CFG.max_dynamic_patch, S, True, CFG.normalization)
+    assert torch.equal(torch.from_numpy(normalize_tiles(s.pixel_values.numpy(), s.normalization)), want)
     assert s.id == record["id"] and s.dataset == "single"
     assert (s.labels[s.input_ids == tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)] == IGNORE_INDEX).all()
 

@@ -16,7 +16,8 @@ Per pack, samples are concatenated in order; the batch is right-padded to the lo
 - `cu_seqlens` (int32) are boundaries over the flattened B*L tokens of every sample and every
   padding run, so one varlen attention call over the flattened batch is exact; `max_seqlen` is
   the longest segment.
-- `pixel_values`/`image_flags`: tiles of all samples of all packs in order; a pack with
+- `pixel_values`/`image_flags`: tiles of all samples of all packs in order (uint8 tiles from the
+  encoder are normalised here, straight into the batch tensor); a pack with
   `pad_tiles_to` (packer strict mode) gets zero tiles with flag 0 up to that count; a batch with
   no tile at all gets ONE zero dummy tile (flag 0) so every rank runs the vision tower.
 """
@@ -31,6 +32,7 @@ from typing import Any, Literal
 import torch
 
 from ..constants import IGNORE_INDEX
+from .image import normalize_tiles
 
 LossReduction = Literal["token", "sample", "square"]
 
@@ -95,7 +97,7 @@ class PackingCollator:
                 cu.append(cu[-1] + n)
                 k += 1
                 if s.num_tiles:
-                    tiles.append(s.pixel_values)
+                    tiles.append((s.pixel_values, getattr(s, "normalization", "imagenet")))
                     flags.append(s.image_flags.to(torch.long))
                     real_tiles += int((s.image_flags == 1).sum())
             pad = width - length
@@ -109,10 +111,10 @@ class PackingCollator:
             n_pack_tiles = sum(s.num_tiles for s in pack)
             extra = getattr(pack, "pad_tiles_to", 0) - n_pack_tiles
             if extra > 0:  # strict mode: zero tiles up to the tile budget
-                tiles.append(self._zero_tiles(extra, tiles))
+                tiles.append(extra)
                 flags.append(torch.zeros(extra, dtype=torch.long))
         if not tiles:  # no tile anywhere: one dummy so the vision tower still runs
-            tiles.append(self._zero_tiles(1, tiles))
+            tiles.append(1)
             flags.append(torch.zeros(1, dtype=torch.long))
 
         b = len(packs)
@@ -126,7 +128,7 @@ class PackingCollator:
             "cu_seqlens": cu_seqlens,
             "max_seqlen": int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
             "loss_weight": torch.cat(weight).view(b, width).to(torch.float32),
-            "pixel_values": torch.cat(tiles),
+            "pixel_values": self._tiles(tiles),
             "image_flags": torch.cat(flags),
             "stats": {
                 "packs": b,
@@ -140,7 +142,36 @@ class PackingCollator:
             },
         }
 
-    def _zero_tiles(self, n: int, like: list[torch.Tensor]) -> torch.Tensor:
-        if like:  # match the real tiles' size and dtype
-            return like[0].new_zeros((n, *like[0].shape[1:]))
-        return torch.zeros(n, 3, self.image_size, self.image_size)
+    def _tiles(self, parts: list[tuple[torch.Tensor, str] | int]) -> torch.Tensor:
+        """One (N, 3, S, S) tensor from samples' tiles and counts of zero tiles, written in place.
+
+        uint8 (T, S, S, 3) tiles are normalised straight into the output, so each pixel becomes
+        float once per batch (no per-sample float tensors to concatenate).
+        """
+        real = [t for p in parts if not isinstance(p, int) for t in p[:1]]
+        size = next((_tile_side(t) for t in real), self.image_size)
+        dtype = next((t.dtype for t in real if t.is_floating_point()), torch.float32)
+        n = sum(p if isinstance(p, int) else p[0].shape[0] for p in parts)
+        out = torch.empty((n, 3, size, size), dtype=dtype)
+        row = 0
+        for p in parts:
+            if isinstance(p, int):  # zero tiles: the mean colour once normalised
+                out[row : row + p].zero_()
+                row += p
+                continue
+            t, normalization = p
+            if _tile_side(t) != size:
+                raise ValueError(f"tiles of {_tile_side(t)} px and {size} px in one batch")
+            if t.dtype == torch.uint8 and t.shape[-1] == 3 and dtype == torch.float32:
+                normalize_tiles(t.numpy(), normalization, out=out[row : row + t.shape[0]].numpy())
+            elif t.dtype == torch.uint8 and t.shape[-1] == 3:  # a batch of bf16/fp16 tiles too
+                out[row : row + t.shape[0]].copy_(torch.from_numpy(normalize_tiles(t.numpy(), normalization)))
+            else:
+                out[row : row + t.shape[0]].copy_(t)
+            row += t.shape[0]
+        return out
+
+
+def _tile_side(t: torch.Tensor) -> int:
+    """S of uint8 (T, S, S, 3) or float (T, 3, S, S) tiles."""
+    return int(t.shape[1] if t.dtype == torch.uint8 and t.shape[-1] == 3 else t.shape[-1])

@@ -104,6 +104,8 @@ class InternVLDataModule(pl.LightningDataModule):
     ``epochs``: None = endless stream; N = one data epoch per trainer epoch (set max_epochs=N).
     ``val_shards``: optional validation shards (one pass, no shuffling, no augmentation).
     Batches carry ``stats`` (token_fill, tile_fill, samples, ...) for logging packing efficiency.
+    ``reuse_freed_memory``: let each data process keep freed memory for the next batch (glibc only;
+    see :mod:`internvl_lightning.data.memory`); with ``num_workers=0`` that is the training process.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class InternVLDataModule(pl.LightningDataModule):
         val_shards: str | list[str] | None = None,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
+        reuse_freed_memory: bool = True,
     ) -> None:
         super().__init__()
         if (shards is None) == (sources is None):
@@ -161,6 +164,7 @@ class InternVLDataModule(pl.LightningDataModule):
         self.shuffle_buffer, self.shuffle_shards, self.seed = shuffle_buffer, shuffle_shards, seed
         self.num_workers, self.batch_size = num_workers, batch_size
         self.sqrt_resampling, self.replacement, self.epochs = sqrt_resampling, replacement, epochs
+        self.reuse_freed_memory = reuse_freed_memory
         self.loader_kwargs: dict[str, Any] = {"pin_memory": pin_memory}
         if prefetch_factor is not None and num_workers > 0:
             self.loader_kwargs["prefetch_factor"] = prefetch_factor
@@ -266,6 +270,7 @@ class InternVLDataModule(pl.LightningDataModule):
             self.seed,
             rank=rank,
             world_size=world_size,
+            reuse_freed_memory=self.reuse_freed_memory,
             **opts,
         )
 

@@ -21,6 +21,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,7 +30,7 @@ from .image import load_image
 from .packing import EncodedSample
 from .schema import MediaError, Sample, validate_sample
 from .templates import tokenize
-from .tiling import pixel_values, tile_grid
+from .tiling import tile_array, tile_grid
 from .video import frame_prompt, read_video
 
 
@@ -133,7 +134,7 @@ def encode_sample(
             data, (cfg.min_num_frames, cfg.max_num_frames), cfg.video_sampling, sample.clip, rng, where
         )
         augment = rng if cfg.data_augment else None
-        tiles = [pixel_values(f, 1, 1, S, False, cfg.normalization, augment) for f in frames]
+        tiles = [tile_array(f, 1, 1, S, False, augment) for f in frames]
         conversations = video_conversations(sample.conversations, len(frames))
         counts = [1] * len(frames)
     elif sample.kind == "image":
@@ -142,19 +143,18 @@ def encode_sample(
         tiles = []
         for i, path in enumerate(sample.images):
             img = load_image(media_member(media, f"img{i}", path, where), f"{where}: {path}")
-            tiles.append(
-                pixel_values(
-                    img, cfg.min_dynamic_patch, max_num, S, cfg.use_thumbnail, cfg.normalization, augment
-                )
-            )
+            tiles.append(tile_array(img, cfg.min_dynamic_patch, max_num, S, cfg.use_thumbnail, augment))
         conversations = sample.conversations
         counts = [t.shape[0] for t in tiles]
     else:
         tiles, conversations, counts = [], sample.conversations, []
     input_ids, labels = _tokens(sample, conversations, counts, cfg, tokenizer, cfg.max_length)
-    pixels = torch.cat(tiles) if tiles else torch.zeros((0, 3, S, S), dtype=torch.float32)
+    # uint8 RGB tiles: the collator normalises them straight into the batch (float32 once).
+    pixels = (
+        torch.from_numpy(np.concatenate(tiles)) if tiles else torch.zeros((0, S, S, 3), dtype=torch.uint8)
+    )
     flags = torch.ones(pixels.shape[0], dtype=torch.long)
-    return EncodedSample(sample.id, dataset, input_ids, labels, pixels, flags)
+    return EncodedSample(sample.id, dataset, input_ids, labels, pixels, flags, cfg.normalization)
 
 
 def count_sample(

@@ -91,6 +91,17 @@ def normalize_into(out: np.ndarray, rgb: np.ndarray, normalization: str = "image
     return out
 
 
+def normalize_tiles(
+    tiles: np.ndarray, normalization: str = "imagenet", out: np.ndarray | None = None
+) -> np.ndarray:
+    """(T, S, S, 3) uint8 RGB tiles -> their normalised (T, 3, S, S) float32 form (into ``out``)."""
+    if out is None:
+        out = np.empty((tiles.shape[0], 3, *tiles.shape[1:3]), np.float32)
+    for k in range(tiles.shape[0]):
+        normalize_into(out[k], tiles[k], normalization)
+    return out
+
+
 def to_tensor(img: Image.Image, image_size: int = 448, normalization: str = "imagenet") -> torch.Tensor:
     """Bicubic-resize to (S, S) and return the normalised float32 tensor (3, S, S)."""
     img = to_rgb(img)

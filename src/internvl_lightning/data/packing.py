@@ -68,14 +68,20 @@ class Packable(Protocol):
 
 @dataclass
 class EncodedSample:
-    """One tokenized sample with its tiles (T may be 0 for pure text: no dummy tile here)."""
+    """One tokenized sample with its tiles (T may be 0 for pure text: no dummy tile here).
+
+    ``pixel_values`` is either uint8 RGB tiles (T, S, S, 3), as the encoder makes them, which the
+    collator normalises with ``normalization`` into the batch; or tiles already normalised,
+    float (T, 3, S, S), which it copies as they are.
+    """
 
     id: str
     dataset: str
     input_ids: torch.Tensor  # (L,) long
     labels: torch.Tensor  # (L,) long, IGNORE_INDEX = not trained
-    pixel_values: torch.Tensor  # (T, 3, S, S) float
+    pixel_values: torch.Tensor  # (T, S, S, 3) uint8 or (T, 3, S, S) float
     image_flags: torch.Tensor  # (T,) long
+    normalization: str = "imagenet"
 
     @property
     def num_tokens(self) -> int:

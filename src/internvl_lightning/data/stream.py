@@ -29,6 +29,7 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .encode import EncodeConfig, encode_sample
+from .memory import reuse_freed_memory
 from .meta import mixture_weights
 from .packing import Packer, sample_key
 from .sources import DatasetSource, RawSample, TarSamples, fetch_sample
@@ -335,7 +336,8 @@ class PackedStream(IterableDataset):
     ``weights``: explicit mixture weights per dataset name (default: sample counts after
     ``repeat_time``, square-rooted with ``sqrt_weights``). ``stop_at_epoch_end``: one epoch per
     iteration (the loader counts epochs) instead of an endless stream of reseeded epochs.
-    ``snapshots=False``: batches carry no resume state (validation).
+    ``snapshots=False``: batches carry no resume state (validation). ``reuse_freed_memory``: tune
+    the data process's allocator so each batch reuses warm pages (see :mod:`.memory`).
     """
 
     def __init__(
@@ -354,6 +356,7 @@ class PackedStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         snapshots: bool = True,
+        reuse_freed_memory: bool = True,
     ) -> None:
         super().__init__()
         if not sources:
@@ -368,7 +371,7 @@ class PackedStream(IterableDataset):
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.shuffle_shards, self.replacement = shuffle_shards, replacement
         self.stop_at_epoch_end, self.rank, self.world_size = stop_at_epoch_end, rank, world_size
-        self.snapshots = snapshots
+        self.snapshots, self.reuse_freed_memory = snapshots, reuse_freed_memory
         self.weights = self._weights(sqrt_weights)
         self.resume: dict[str, Any] = {}  # set by ResumableLoader: epoch, order, worker states
 
@@ -394,6 +397,8 @@ class PackedStream(IterableDataset):
         return _Worker(self, g, G, self.resume.get("epoch", 0), state)
 
     def __iter__(self) -> Iterator[dict]:
+        if self.reuse_freed_memory:
+            reuse_freed_memory()  # this process only: a DataLoader worker, or the caller's with 0 workers
         info = get_worker_info()
         p, W = (info.id, info.num_workers) if info is not None else (0, 1)
         logical = self.resume.get("order", list(range(W)))[p]  # see ResumableLoader

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from internvl_lightning.data.image import jpeg_augment, normalize_into, to_rgb, to_tensor
+from internvl_lightning.data.image import jpeg_augment, normalize_tiles, to_rgb
 
 
 @lru_cache(maxsize=64)
@@ -75,6 +75,35 @@ def dynamic_preprocess(
     return tiles
 
 
+def tile_array(
+    image: Image.Image,
+    min_num: int = 1,
+    max_num: int = 12,
+    image_size: int = 448,
+    use_thumbnail: bool = True,
+    augment_rng: random.Random | None = None,
+) -> np.ndarray:
+    """Tiles of ``image`` as uint8 RGB (T, S, S, 3), row-major with the thumbnail last.
+
+    The data pipeline keeps tiles in this form (a quarter of float32's bytes) until the collator
+    normalises a whole batch into its output tensor, so pixels become float exactly once.
+    With ``augment_rng`` each tile is JPEG re-encoded first (the reference's ``data_augment``: the
+    random quality is drawn per tile, tiles in order, thumbnail last).
+    """
+    image = to_rgb(image)
+    if augment_rng is not None:
+        tiles = dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail)
+        return np.stack([np.asarray(to_rgb(jpeg_augment(t, augment_rng))) for t in tiles])
+    cols, rows, n_tiles = tile_grid(*image.size, min_num, max_num, image_size, use_thumbnail)
+    s = image_size
+    out = np.empty((n_tiles, s, s, 3), np.uint8)
+    grid = np.asarray(_resized(image, cols, rows, s)).reshape(rows, s, cols, s, 3)
+    out[: rows * cols] = grid.transpose(0, 2, 1, 3, 4).reshape(rows * cols, s, s, 3)
+    if n_tiles > rows * cols:
+        out[-1] = np.asarray(image.resize((s, s)))
+    return out
+
+
 def pixel_values(
     image: Image.Image,
     min_num: int = 1,
@@ -84,24 +113,6 @@ def pixel_values(
     normalization: str = "imagenet",
     augment_rng: random.Random | None = None,
 ) -> torch.Tensor:
-    """Tiles of ``image`` as a normalised float32 tensor (T, 3, S, S).
-
-    With ``augment_rng`` each tile is JPEG re-encoded first (the reference's ``data_augment``: the
-    random quality is drawn per tile, tiles in order, thumbnail last).
-    """
-    image = to_rgb(image)
-    if augment_rng is not None:
-        tiles = dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail)
-        return torch.stack(
-            [to_tensor(jpeg_augment(t, augment_rng), image_size, normalization) for t in tiles]
-        )
-    # Fast path: normalise straight from the resized canvas into the output, no per-tile crops.
-    cols, rows, n_tiles = tile_grid(*image.size, min_num, max_num, image_size, use_thumbnail)
-    s = image_size
-    out = np.empty((n_tiles, 3, s, s), np.float32)
-    grid = np.asarray(_resized(image, cols, rows, s)).reshape(rows, s, cols, s, 3)
-    for k in range(rows * cols):
-        normalize_into(out[k], grid[k // cols, :, k % cols], normalization)
-    if n_tiles > rows * cols:
-        normalize_into(out[-1], np.asarray(image.resize((s, s))), normalization)
-    return torch.from_numpy(out)
+    """Tiles of ``image`` as a normalised float32 tensor (T, 3, S, S) (see :func:`tile_array`)."""
+    tiles = tile_array(image, min_num, max_num, image_size, use_thumbnail, augment_rng)
+    return torch.from_numpy(normalize_tiles(tiles, normalization))

@@ -13,6 +13,7 @@ import json
 import random
 from pathlib import Path
 
+from .picture_words import picture_text
 from .scenes import (
     COLOURS,
     COUNT_WORDS,
@@ -87,20 +88,26 @@ def language_corpus(n: int, seed: int) -> list[str]:
     return lines
 
 
-def chat_corpus(n: int, seed: int) -> list[list[dict]]:
+def chat_corpus(
+    n: int, seed: int, image_size: int = 64, patch: int = 8, max_num: int = 6
+) -> list[list[dict]]:
     """Text-only conversations the LLM is pretrained on, as an instruction-tuned LLM would be.
 
-    The scene questions come with the scene written out in words ("Picture: two blue squares at
-    the top."), so the LLM learns to read colours, shapes, places and counts from its context;
-    stage 1 then only has to make the picture's tokens say the same thing. Multiple choice is
-    practised on general knowledge only: answering about pictures with letters is left to stage 2.
+    Questions about a picture come with the picture written as words where its image tokens
+    will go (see `picture_words`), so the LLM learns to read colours, shapes, places and counts
+    from a grid of cell words; stage 1 then only has to make each image token say its cell's
+    word. Multiple choice is practised on general knowledge only: answering about pictures with
+    letters is left to stage 2.
     """
     rng = random.Random(seed)
     convs = []
     while len(convs) < n:
         r = rng.random()
         s = random_scene(rng)
-        context = f"Picture: {caption(s).lower()}\n"
+        if r < 0.7:  # 1 in 5 pictures is wide (2 tiles + thumbnail), as in the stage-1 captions
+            width = image_size * (2 if rng.random() < 0.2 else 1)
+            picture = draw_scene(s, rng, width, image_size)
+            context = picture_text(picture, s, image_size, patch, max_num) + "\n"
         if r < 0.35:
             q = rng.choice(["Describe the image.", "What is in the picture?", "Write a short caption."])
             convs.append(_turn(context + q, caption(s)))

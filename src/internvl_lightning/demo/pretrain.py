@@ -2,9 +2,10 @@
 
 Real InternVL starts from a pretrained InternViT and a pretrained LLM; stage 1 only learns the
 projector between them. Random components would leave nothing to align, so the demo pretrains
-each briefly on its own modality first: the LLM as a language model on plain demo text, the
-ViT as a classifier of colour / shape / position / count on demo pictures (the heads are
-thrown away; only the encoder is kept).
+each briefly on its own modality first: the LLM on text-only chat, where pictures appear written
+as cell words in the place their image tokens will take (`picture_words`), the ViT as a
+classifier of colour / shape / position / count on demo pictures, with per-patch colour and
+shape heads (the heads are thrown away; only the encoder is kept).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, InternVLVisionModel
 
 from ..data.image import to_tensor
+from .picture_words import foreground
 from .scenes import COLOURS, POSITIONS, SHAPES, draw_scene, random_scene
 
 
@@ -85,21 +86,15 @@ def _scene_batch(
     (1 + index), so every patch token learns what it shows, as a real ViT's patch tokens do.
     """
     images, labels, patches = [], [], []
-    palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # (4, 3)
     for _ in range(n):
         s = random_scene(rng)
         img = draw_scene(s, rng, size, size)
         images.append(to_tensor(img, size))
-        labels.append(
-            [list(COLOURS).index(s.colour), SHAPES.index(s.shape), POSITIONS.index(s.position), s.count - 1]
-        )
-        px = torch.from_numpy(np.asarray(img, dtype=np.float32))  # (H, W, 3)
-        near = (px[:, :, None, :] - palette).abs().sum(-1).min(-1).values < 60  # pixel belongs to a shape
-        fg = F.avg_pool2d(near[None, None].float(), patch)[0, 0].flatten() > 0.5  # (patches,)
-        patches.append(
-            torch.stack([fg * (1 + list(COLOURS).index(s.colour)), fg * (1 + SHAPES.index(s.shape))], -1)
-        )
-    return torch.stack(images), torch.tensor(labels), torch.stack(patches).long()
+        colour, shape = list(COLOURS).index(s.colour), SHAPES.index(s.shape)
+        labels.append([colour, shape, POSITIONS.index(s.position), s.count - 1])
+        fg = foreground(img, patch).flatten().long()  # (patches,)
+        patches.append(torch.stack([fg * (1 + colour), fg * (1 + shape)], -1))
+    return torch.stack(images), torch.tensor(labels), torch.stack(patches)
 
 
 def pretrain_vit(

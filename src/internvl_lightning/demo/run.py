@@ -1,7 +1,8 @@
 """`python -m internvl_lightning demo`: the whole method on one CPU in about a quarter of an hour.
 
 1. components: a tiny ViT and a tiny LLM written as separate checkpoint directories, each
-   pretrained briefly on its own modality (so stage 1 has something to align);
+   pretrained briefly on its own modality (so stage 1 has something to align): the ViT on the
+   pictures, the LLM on text in which pictures are written as one cell word per image token;
 2. data: synthetic InternVL-format mixtures for stage 1 (captions), 1.5 (vision-centric
    questions) and 2 (instructions: multiple choice, multi-turn, two images, video, text),
    validated and written to WebDataset shards by the shard tool;
@@ -36,6 +37,7 @@ STAGES = ("stage1", "stage1_5", "stage2")
 def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
     """Write and pretrain the ViT and the LLM once (skipped when already there)."""
     from .dataset import chat_corpus, language_corpus
+    from .picture_words import PICTURE_TOKENS
     from .pretrain import pretrain_llm, pretrain_vit
 
     vision, llm = out / "vision", out / "llm"
@@ -46,10 +48,12 @@ def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
     system = get_template("internvl2_5").system_message
     write_vision(DEMO_VISION, vision, seed=seed)
     # The training system prompt is in the tokenizer's corpus so it becomes a few tokens, not dozens.
-    write_llm(DEMO_LLM, llm, corpus=corpus + [system] * 50, seed=seed)
-    steps = 40 if quick else 300
-    llm_loss = pretrain_llm(llm, chat_corpus(500 if quick else 6000, seed + 2), steps=steps, seed=seed)
-    vit_loss = pretrain_vit(vision, steps=steps, seed=seed)
+    write_llm(DEMO_LLM, llm, corpus=corpus + [system] * 50, seed=seed, extra_tokens=PICTURE_TOKENS)
+    # Reading pictures from cell words takes the LLM longer than plain chat (~800 steps).
+    llm_steps, vit_steps = (40, 40) if quick else (800, 1000)
+    convs = chat_corpus(500 if quick else 12000, seed + 2, DEMO_VISION.image_size, DEMO_VISION.patch_size)
+    llm_loss = pretrain_llm(llm, convs, steps=llm_steps, seed=seed)
+    vit_loss = pretrain_vit(vision, steps=vit_steps, seed=seed)
     done.write_text(
         json.dumps({"llm_loss": [llm_loss[0], llm_loss[-1]], "vit_loss": [vit_loss[0], vit_loss[-1]]}) + "\n"
     )
@@ -143,7 +147,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     steps = (
         {"stage1": 20, "stage1_5": 15, "stage2": 30}
         if quick
-        else {"stage1": 150, "stage1_5": 120, "stage2": 350}
+        else {"stage1": 600, "stage1_5": 400, "stage2": 1000}
     )
     accuracy: dict[str, float] = {}
 

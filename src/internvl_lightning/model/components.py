@@ -63,15 +63,21 @@ def write_vision(p: VisionPreset, out_dir: str | Path, seed: int = 0, layout: st
 
 
 def write_llm(
-    p: LLMPreset, out_dir: str | Path, corpus: list[str] | None = None, seed: int = 0, layout: str = "hf"
+    p: LLMPreset,
+    out_dir: str | Path,
+    corpus: list[str] | None = None,
+    seed: int = 0,
+    layout: str = "hf",
+    extra_tokens: tuple[str, ...] = (),
 ) -> Path:
-    """An LLM directory: config.json + model.safetensors + tokenizer (built locally)."""
+    """An LLM directory: config.json + model.safetensors + tokenizer (built locally, with
+    ``extra_tokens`` as single special tokens)."""
     if layout not in LLM_LAYOUTS:
         raise ValueError(f"unknown LLM layout {layout!r}; choose one of {LLM_LAYOUTS}")
     if layout == "internlm2" and p.arch not in ("internlm2", "llama"):
         raise ValueError(f"LLM preset {p.name!r} ({p.arch}) cannot be written in the InternLM2 layout")
     out = Path(out_dir)
-    tok = build_tokenizer(out, style=p.tokenizer_style, corpus=corpus)
+    tok = build_tokenizer(out, style=p.tokenizer_style, corpus=corpus, extra_tokens=extra_tokens)
     vocab = len(tok) if p.tokenizer_vocab is None else p.vocab_size
     ids = {
         "bos_token_id": tok.bos_token_id,

@@ -66,11 +66,13 @@ def build_tokenizer(
     corpus: list[str] | None = None,
     vocab_size: int = 1024,
     model_max_length: int = 16384,
+    extra_tokens: tuple[str, ...] = (),
 ) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE tokenizer on ``corpus`` (plus a small base corpus) and save it.
 
     The directory then looks like a downloaded LLM's tokenizer (``tokenizer.json`` +
-    ``tokenizer_config.json``) and is loaded back with ``AutoTokenizer``.
+    ``tokenizer_config.json``) and is loaded back with ``AutoTokenizer``. ``extra_tokens`` are
+    added as single special tokens after the BPE vocabulary.
     """
     if style not in _STYLES:
         raise ValueError(f"unknown tokenizer style {style!r}; choose one of {sorted(_STYLES)}")
@@ -85,6 +87,8 @@ def build_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(list(_BASE_CORPUS) + list(corpus or []), trainer)
+    if extra_tokens:
+        tok.add_special_tokens(list(extra_tokens))
     if spec["config"]["add_bos_token"]:
         bos = spec["config"]["bos_token"]
         tok.post_processor = processors.TemplateProcessing(
