@@ -12,8 +12,8 @@ import torch
 from datagen import write_dataset
 from internvl_lightning.constants import IGNORE_INDEX, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 from internvl_lightning.data.encode import EncodeConfig, count_sample, encode_sample, image_size_of
-from internvl_lightning.data.schema import SampleTooLong
 from internvl_lightning.data.image import load_image, normalize_tiles
+from internvl_lightning.data.schema import SampleTooLong
 from internvl_lightning.data.tiling import pixel_values, tile_grid
 from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
 

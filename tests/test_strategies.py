@@ -91,3 +91,15 @@ def test_zero_configs_follow_the_reference_jsons():
     assert deepspeed_config(1)["gradient_clipping"] == 1.0
     with pytest.raises(ValueError):
         zero_config(4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "ddp"])
+def test_accumulation_is_exact_on_two_processes(strategy, tiny_components, shards, tmp_path):
+    """2 accumulated micro-batches of one pack == one batch of both packs (the 8B stage-1.5 recipe
+    accumulates 2 under DeepSpeed): same global gradient norm before clipping."""
+    vision, llm = tiny_components
+    launch("fit_accumulate.py", [strategy, str(vision), str(llm), str(shards), str(tmp_path)], tmp_path)
+    for rank in range(2):
+        res = json.loads((tmp_path / f"accumulate-rank{rank}.json").read_text())
+        assert res["accumulated"] == pytest.approx(res["combined"], rel=1e-4), (strategy, rank, res)

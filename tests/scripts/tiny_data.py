@@ -5,7 +5,7 @@ from __future__ import annotations
 from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig
 
 
-def tiny_datamodule(shards: str, llm: str) -> InternVLDataModule:
+def tiny_datamodule(shards: str, llm: str, batch_size: int = 1) -> InternVLDataModule:
     return InternVLDataModule(
         shards=shards,
         tokenizer=llm,
@@ -15,4 +15,5 @@ def tiny_datamodule(shards: str, llm: str) -> InternVLDataModule:
         packing=PackingConfig(max_packed_tokens=384, num_images_expected=8, max_buffer_size=2),
         num_workers=0,
         shuffle_buffer=4,
+        batch_size=batch_size,
     )

@@ -9,13 +9,14 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..model.forward import vlm_hidden_states
 from .flops import FlopsModel, peak_flops
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
-from .strategy import ParamScope, deepspeed_grad_norm, prepare_for_strategy
+from .strategy import ParamScope, ZeroStrategy, deepspeed_grad_norm, prepare_for_strategy
 
 
 class InternVLChat(L.LightningModule):
@@ -211,6 +212,19 @@ class InternVLChat(L.LightningModule):
         for name, trainable, frozen in parameter_table(self.model):
             self.logger_log_once(f"params/{name}_trainable", trainable)
             self.logger_log_once(f"params/{name}_frozen", frozen)
+        strategy = self.trainer.strategy
+        if (
+            self.trainer.accumulate_grad_batches > 1
+            and isinstance(strategy, DeepSpeedStrategy)
+            and not isinstance(strategy, ZeroStrategy)
+        ):
+            rank_zero_warn(
+                f"{type(strategy).__name__} with accumulate_grad_batches="
+                f"{self.trainer.accumulate_grad_batches}: the DeepSpeed engine divides the loss by the "
+                "accumulation steps again after Lightning has, so gradients come out that many times "
+                "too small (clipping and the logged grad norm see it). Use "
+                "internvl_lightning.training.strategy.ZeroStrategy, which divides once."
+            )
 
     def logger_log_once(self, key: str, value: float) -> None:
         if self.logger is not None:

@@ -94,7 +94,9 @@ class ZeroStrategy(DeepSpeedStrategy):
 
     Use in YAML as `trainer.strategy: {class_path: internvl_lightning.training.strategy.ZeroStrategy,
     init_args: {stage: 1}}`. `exclude_frozen_parameters` keeps frozen weights out of checkpoints
-    (stage 1 then saves only the projector and its optimizer state).
+    (stage 1 then saves only the projector and its optimizer state). With gradient accumulation
+    the loss is divided by the accumulation steps once (by Lightning), as under DDP; Lightning's
+    plain `DeepSpeedStrategy` lets the engine divide it a second time.
 
     ZeRO-3 note: the model is built whole on every rank (the component loaders write full
     tensors, which parameters created under `deepspeed.zero.Init` cannot take) and partitioned by
@@ -125,6 +127,13 @@ class ZeroStrategy(DeepSpeedStrategy):
             return super().load_checkpoint(checkpoint_path, weights_only)
         finally:
             module.strict_loading = strict
+
+    def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
+        # Lightning already divides each micro-batch loss by accumulate_grad_batches; the engine's
+        # backward would divide it again (scale_wrt_gas), halving the gradient at accumulation 2
+        # against DDP and the exact accumulation of InternVLChat (which expects one division).
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
 
     @contextlib.contextmanager
     def model_sharded_context(self):
