@@ -47,6 +47,13 @@ def test_fit_checkpoint_resume_export_on_two_processes(strategy, tiny_components
         assert R["grad_norm"] is not None and 0 < R["grad_norm"] < math.inf  # logged under every strategy
         assert not R["staging_left"] and not B["staging_left"]
     zero = ranks[0]["R"]
+    # Every strategy trains the weights of the components (ZeRO-3: rank 0 read them alone and
+    # wrote them into both ranks' partitions, the model partitioned from construction on).
+    assert zero["loaded_keys_match"] and zero["loaded_max_diff"] == 0.0
+    assert zero["built_partitioned"] == (strategy == "zero3")
+    if strategy == "zero3":  # a stage output loads partitioned too, equal to a local load
+        C = ranks[0]["C"]
+        assert C["built_partitioned"] and C["loaded_keys_match"] and C["loaded_max_diff"] == 0.0
     # The stage output is one consolidated HF-native dir equal to the (gathered) trained weights.
     assert zero["export_keys_match"] and zero["export_max_diff"] == 0.0
 

@@ -3,7 +3,8 @@
 Three fits, all with a NaN loss injected on rank 1 at step 1 (so both ranks must skip that step):
   R  uninterrupted, 5 steps, ends with the stage output (HF-native dir);
   A  same run stopped after step 3 (a checkpoint every step, `last.ckpt` a link);
-  B  `fit(ckpt_path="last")` in A's directory, on to step 5.
+  B  `fit(ckpt_path="last")` in A's directory, on to step 5;
+  C  (ZeRO-3) one step of a fit that starts from R's stage output (`init_from`).
 Writes what the test checks to OUT/result-rank<r>.json: per-step losses, skipped steps, parameters
 equal across ranks, stage output equal to the gathered parameters, ZeRO-3 partition sizes,
 checkpoint layout.
@@ -28,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 from tiny_data import tiny_datamodule  # noqa: E402
 
 from fake_gpu import CpuZeroStrategy  # noqa: E402
-from internvl_lightning.model.build import load_pretrained_vlm  # noqa: E402
+from internvl_lightning.model.build import build_model, load_pretrained_vlm  # noqa: E402
 from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState  # noqa: E402
 from internvl_lightning.training.fault import NonFiniteGuard  # noqa: E402
 from internvl_lightning.training.freeze import FreezeSchedule  # noqa: E402
@@ -53,6 +54,11 @@ def make_strategy(name: str):
 
 class NanOnRank1(InternVLChat):
     """A bad batch on one rank only: the skip decision must still be global."""
+
+    def configure_model(self):
+        super().configure_model()
+        # Under ZeRO-3 the model must be partitioned as it is built (zero.Init), not afterwards.
+        self.built_partitioned = all(hasattr(p, "ds_id") for p in self.model.parameters())
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
@@ -98,11 +104,20 @@ def full_params(trainer, model) -> dict[str, torch.Tensor]:
 
 
 class Checks(L.Callback):
-    """At the end of run R (after StageOutput): sharding, cross-rank equality, stage output."""
+    """Run R: the weights loaded equal a plain single-process build (at train start); at the end
+    (after StageOutput): sharding, cross-rank equality, stage output."""
 
-    def __init__(self, hf_dir: Path) -> None:
-        self.hf_dir = hf_dir
+    def __init__(self, hf_dir: Path, reference: dict[str, torch.Tensor]) -> None:
+        self.hf_dir, self.reference = hf_dir, reference
         self.result: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        loaded = full_params(trainer, pl_module.model)
+        self.result["built_partitioned"] = pl_module.built_partitioned
+        self.result["loaded_keys_match"] = loaded.keys() == self.reference.keys()
+        self.result["loaded_max_diff"] = max(
+            float((loaded[k].float() - self.reference[k].float()).abs().max()) for k in self.reference
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         model, res = pl_module.model, self.result
@@ -124,7 +139,7 @@ class Checks(L.Callback):
             other.keys() == params.keys() and all(torch.equal(other[k], params[k]) for k in params)
             for other in everyone
         )
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.hf_dir is not None:
             exported = dict(load_pretrained_vlm(self.hf_dir).named_parameters())
             res["export_keys_match"] = exported.keys() == params.keys()
             res["export_max_diff"] = max(
@@ -133,7 +148,18 @@ class Checks(L.Callback):
         trainer.strategy.barrier("checks")
 
 
-def fit(strategy: str, vision: str, llm: str, shards: str, root: Path, ckpt_path=None, stop=None, hf=None):
+def fit(
+    strategy: str,
+    vision: str,
+    llm: str,
+    shards: str,
+    root: Path,
+    ckpt_path=None,
+    stop=None,
+    hf=None,
+    ref=None,
+    init_from=None,
+):
     L.seed_everything(0, workers=True)
     freeze = (
         FreezeSchedule(freeze_llm=True, freeze_backbone=True) if strategy == "zero1" else FreezeSchedule()
@@ -148,13 +174,14 @@ def fit(strategy: str, vision: str, llm: str, shards: str, root: Path, ckpt_path
     )
     callbacks = [freeze, record, guard, RngState(), ckpt]
     checks = None
-    if hf is not None:
-        checks = Checks(hf)
-        callbacks += [StageOutput(str(hf)), checks]
+    if ref is not None:
+        checks = Checks(hf, ref)
+        callbacks += ([StageOutput(str(hf))] if hf is not None else []) + [checks]
     if stop is not None:
         callbacks.append(StopAfter(stop))
     dm = tiny_datamodule(shards, llm)
-    module = NanOnRank1(vision=vision, llm=llm, lr=1e-3, weight_decay=0.05, drop_path_rate=0.1)
+    parts = {"init_from": init_from} if init_from else {"vision": vision, "llm": llm}
+    module = NanOnRank1(**parts, lr=1e-3, weight_decay=0.05, drop_path_rate=0.1)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -192,11 +219,17 @@ def main() -> None:
     strategy, vision, llm, shards, out = sys.argv[1:6]
     torch.set_num_threads(1)
     out = Path(out)
+    # What every strategy must load: the plain build (before any strategy touches transformers).
+    reference = {n: p.detach().clone() for n, p in build_model(vision=vision, llm=llm).named_parameters()}
     result = {
-        "R": fit(strategy, vision, llm, shards, out / "R", hf=out / "R" / "hf"),
+        "R": fit(strategy, vision, llm, shards, out / "R", hf=out / "R" / "hf", ref=reference),
         "A": fit(strategy, vision, llm, shards, out / "A", stop=STOP_AFTER),
         "B": fit(strategy, vision, llm, shards, out / "A", ckpt_path="last"),
     }
+    if strategy == "zero3":  # C: the next stage starts from R's output (transformers' loader)
+        hf = out / "R" / "hf"
+        stage = {n: p.detach().clone() for n, p in load_pretrained_vlm(hf).named_parameters()}
+        result["C"] = fit(strategy, vision, llm, shards, out / "C", ref=stage, init_from=str(hf), stop=1)
     rank = int(os.environ["RANK"])
     (out / f"result-rank{rank}.json").write_text(json.dumps(result, indent=1))
 

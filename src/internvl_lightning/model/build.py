@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ from .drop_path import install_drop_path
 from .pixel_shuffle import patch_pixel_shuffle
 from .presets import get_preset, meta_model, tokens_per_tile, vlm_config
 from .tokenizer import add_vlm_tokens, check_chat_tokens
+from .zero3 import from_reader, full_shapes, is_reader, load_partitioned, raise_together, zero3_init_active
 
 PathLike = str | Path
 
@@ -57,10 +60,16 @@ def load_tokenizer(llm_dir: PathLike, trust_remote_code: bool = False) -> PreTra
     return _tokenizer(llm_dir, trust_remote_code)[0]
 
 
-def check_state_dict(module: nn.Module, sd: Tensors, where: str, ignore: tuple[str, ...] = ()) -> None:
-    """Raise one readable error if ``sd`` does not fit ``module`` (missing/unexpected keys, shapes)."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if k not in ignore}
-    got = {k: tuple(v.shape) for k, v in sd.items() if k not in ignore}
+def check_state_dict(
+    module: nn.Module,
+    sd: Mapping[str, torch.Tensor | tuple[int, ...]],
+    where: str,
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Raise one readable error if ``sd`` (tensors, or their shapes) does not fit ``module``
+    (missing/unexpected keys, shapes; ZeRO-3 partitioned parameters count with their full shape)."""
+    expected = {k: v for k, v in full_shapes(module).items() if k not in ignore}
+    got = {k: tuple(v if isinstance(v, tuple) else v.shape) for k, v in sd.items() if k not in ignore}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     shapes = [
@@ -85,25 +94,36 @@ def check_state_dict(module: nn.Module, sd: Tensors, where: str, ignore: tuple[s
         raise ValueError("\n".join(lines))
 
 
+def load_vision_config(vision_dir: PathLike) -> InternVLVisionConfig:
+    """The HF-native config of a vision encoder dir (HF or original InternViT layout)."""
+    if detect_vision_layout(vision_dir) == "original":
+        return vision_config_from_original(read_config(vision_dir, "vision"))
+    return InternVLVisionConfig.from_pretrained(str(vision_dir))
+
+
 def load_vision(vision_dir: PathLike) -> tuple[InternVLVisionConfig, Tensors]:
     """Config + HF-native state dict of a vision encoder dir (HF or original InternViT layout)."""
-    layout = detect_vision_layout(vision_dir)
-    if layout == "original":
-        return vision_config_from_original(read_config(vision_dir, "vision")), vision_original_to_hf(
-            read_weights(vision_dir)
-        )
-    return InternVLVisionConfig.from_pretrained(str(vision_dir)), read_weights(vision_dir)
+    sd = read_weights(vision_dir)
+    if detect_vision_layout(vision_dir) == "original":
+        sd = vision_original_to_hf(sd)
+    return load_vision_config(vision_dir), sd
+
+
+def load_llm_config(llm_dir: PathLike) -> PretrainedConfig:
+    """The transformers-native config of an LLM dir (InternLM2 becomes Llama)."""
+    if detect_llm_layout(llm_dir) == "internlm2":
+        return llama_config_from_internlm2(read_config(llm_dir, "LLM"))
+    return AutoConfig.from_pretrained(str(llm_dir))
 
 
 def load_llm(llm_dir: PathLike) -> tuple[PretrainedConfig, Tensors]:
     """Config + transformers-native state dict (``model.*``, ``lm_head.weight``) of an LLM dir.
     InternLM2 becomes Llama."""
-    layout = detect_llm_layout(llm_dir)
+    cfg = load_llm_config(llm_dir)
     sd = {k: v for k, v in read_weights(llm_dir).items() if not k.endswith("rotary_emb.inv_freq")}
-    if layout == "internlm2":
-        cfg = llama_config_from_internlm2(read_config(llm_dir, "LLM"))
-        return cfg, internlm2_to_llama(sd, cfg.num_attention_heads, cfg.num_key_value_heads)
-    return AutoConfig.from_pretrained(str(llm_dir)), sd
+    if detect_llm_layout(llm_dir) == "internlm2":
+        sd = internlm2_to_llama(sd, cfg.num_attention_heads, cfg.num_key_value_heads)
+    return cfg, sd
 
 
 _PROJ_NAMES = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
@@ -132,16 +152,23 @@ def load_projector(path: PathLike) -> Tensors:
 
 
 def _random_projector(vision_hidden: int, text_hidden: int, downsample_ratio: float, seed: int) -> Tensors:
-    """PyTorch-default init (as InternVL's ``mlp1``), seeded and independent of the global RNG."""
+    """PyTorch-default init (as InternVL's ``mlp1``), seeded and independent of the global RNG.
+
+    Plain tensors, drawn in the order ``nn.Linear`` draws them (weight, then bias; same values):
+    building modules here would create ZeRO-3 parameters (and collectives) under ``zero.Init``.
+    """
     d_in = vision_hidden * round(1 / downsample_ratio) ** 2
+    out = {"layer_norm.weight": torch.ones(d_in), "layer_norm.bias": torch.zeros(d_in)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ln, l1, l2 = nn.LayerNorm(d_in), nn.Linear(d_in, text_hidden), nn.Linear(text_hidden, text_hidden)
-    return {
-        f"{n}.{k}": v
-        for n, m in (("layer_norm", ln), ("linear_1", l1), ("linear_2", l2))
-        for k, v in m.state_dict().items()
-    }
+        for name, fan_in, fan_out in (
+            ("linear_1", d_in, text_hidden),
+            ("linear_2", text_hidden, text_hidden),
+        ):
+            weight = nn.init.kaiming_uniform_(torch.empty(fan_out, fan_in), a=math.sqrt(5))
+            bound = 1 / math.sqrt(fan_in)
+            out[f"{name}.weight"], out[f"{name}.bias"] = weight, torch.empty(fan_out).uniform_(-bound, bound)
+    return out
 
 
 def _resize_vocab(sd: Tensors, old_n: int, new_n: int) -> Tensors:
@@ -217,21 +244,26 @@ def build_model(
         return _from_preset(preset, device, dtype, attn_implementation, seed, tie_word_embeddings, *opts)
 
     downsample_ratio = downsample_ratio or 0.5
-    vision_cfg, vision_sd = load_vision(vision)
-    text_cfg, llm_sd = load_llm(llm)
+    sharded = zero3_init_active()  # inside deepspeed.zero.Init: only rank 0 reads weights
+    vision_cfg, text_cfg = load_vision_config(vision), load_llm_config(llm)
     tok, old_n = _tokenizer(llm, trust_remote_code)
     tie = text_cfg.tie_word_embeddings if tie_word_embeddings is None else tie_word_embeddings
-    vocab = text_cfg.vocab_size
-    embed = llm_sd.get("model.embed_tokens.weight")
-    if embed is not None and embed.shape[0] != vocab:
+    if old_n > text_cfg.vocab_size:
         raise ValueError(
-            f"weights in {llm}: embed_tokens has {embed.shape[0]} rows but config.json says vocab_size {vocab}"
+            f"tokenizer in {llm} has {old_n} tokens but the model only {text_cfg.vocab_size} embeddings"
         )
-    if old_n > vocab:
-        raise ValueError(f"tokenizer in {llm} has {old_n} tokens but the model only {vocab} embeddings")
-    if len(tok) != old_n:  # new tokens: resize to len(tokenizer), as InternVL does
-        llm_sd = _resize_vocab(llm_sd, old_n, len(tok))
-        vocab = len(tok)
+    grew = len(tok) != old_n  # new tokens: resize to len(tokenizer), as InternVL does
+    vocab = len(tok) if grew else text_cfg.vocab_size
+    weights, error = None, None
+    if is_reader():
+        try:
+            weights = _read_components(
+                vision, llm, mlp, text_cfg, tie, old_n if grew else None, vocab,
+                vision_cfg.hidden_size, downsample_ratio, seed,
+            )  # fmt: skip
+        except Exception as err:  # re-raised on every rank just below
+            error = err
+    raise_together(error)
     text_cfg.vocab_size = vocab
     text_cfg.tie_word_embeddings = tie
     config = InternVLConfig(
@@ -256,22 +288,66 @@ def build_model(
     inner = model.model
     # Every parameter is overwritten below (no_init_weights left them uninitialised): vision and LLM
     # from their dirs, projector from mlp or a seeded init; check_state_dict guarantees full coverage.
-    check_state_dict(inner.vision_tower, vision_sd, where=str(vision))
-    inner.vision_tower.load_state_dict(vision_sd)
-    lm_sd = {k.removeprefix("model."): v for k, v in llm_sd.items() if k != "lm_head.weight"}
-    check_state_dict(inner.language_model, lm_sd, where=str(llm))
-    inner.language_model.load_state_dict(lm_sd)
+    parts = {
+        "vision": (inner.vision_tower, str(vision)),
+        "language": (inner.language_model, str(llm)),
+        "projector": (inner.multi_modal_projector, str(mlp or "the random projector")),
+    }
+    if not tie:
+        parts["lm_head"] = (model.lm_head, str(llm))
+    for key, (module, where) in parts.items():
+        _load_weights(module, None if weights is None else weights[key], where, sharded)
+    return _apply_options(model.eval(), *opts)
+
+
+def _read_components(
+    vision: PathLike,
+    llm: PathLike,
+    mlp: PathLike | None,
+    text_cfg: PretrainedConfig,
+    tie: bool,
+    vocab_from: int | None,
+    vocab: int,
+    vision_hidden: int,
+    downsample_ratio: float,
+    seed: int,
+) -> dict[str, Tensors]:
+    """The state dicts of the vision tower, language model, output layer (untied) and projector."""
+    _, vision_sd = load_vision(vision)
+    _, llm_sd = load_llm(llm)
+    embed = llm_sd.get("model.embed_tokens.weight")
+    if embed is not None and embed.shape[0] != text_cfg.vocab_size:
+        raise ValueError(
+            f"weights in {llm}: embed_tokens has {embed.shape[0]} rows but config.json says "
+            f"vocab_size {text_cfg.vocab_size}"
+        )
+    if vocab_from is not None:  # the tokenizer grew: rows vocab_from.. are new
+        llm_sd = _resize_vocab(llm_sd, vocab_from, vocab)
+    out = {
+        "vision": vision_sd,
+        "language": {k.removeprefix("model."): v for k, v in llm_sd.items() if k != "lm_head.weight"},
+    }
     if not tie:
         if "lm_head.weight" not in llm_sd:
             raise ValueError(f"weights in {llm}: no lm_head.weight, but the output layer is untied")
-        model.lm_head.load_state_dict({"weight": llm_sd["lm_head.weight"]})
+        out["lm_head"] = {"weight": llm_sd["lm_head.weight"]}
     if mlp is not None:
-        proj_sd = load_projector(mlp)
+        out["projector"] = load_projector(mlp)
     else:
-        proj_sd = _random_projector(vision_cfg.hidden_size, text_cfg.hidden_size, downsample_ratio, seed)
-    check_state_dict(inner.multi_modal_projector, proj_sd, where=str(mlp or "the random projector"))
-    inner.multi_modal_projector.load_state_dict(proj_sd)
-    return _apply_options(model.eval(), *opts)
+        out["projector"] = _random_projector(vision_hidden, text_cfg.hidden_size, downsample_ratio, seed)
+    return out
+
+
+def _load_weights(module: nn.Module, sd: Tensors | None, where: str, sharded: bool) -> None:
+    """Check ``sd`` against ``module`` and load it; under ZeRO-3 rank 0's ``sd`` goes to every
+    rank's partitions, after every rank has checked rank 0's shapes (one verdict everywhere)."""
+    if not sharded:
+        check_state_dict(module, sd, where)  # type: ignore[arg-type]
+        module.load_state_dict(sd)  # type: ignore[arg-type]
+        return
+    shapes = from_reader(None if sd is None else {k: tuple(v.shape) for k, v in sd.items()})
+    check_state_dict(module, shapes, where)
+    load_partitioned(module, sd)
 
 
 def _from_preset(

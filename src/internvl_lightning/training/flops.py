@@ -46,14 +46,15 @@ class FlopsModel:
         """Read the shapes and parameter counts of an `InternVLForConditionalGeneration`."""
         cfg = model.config
         vc, tc = cfg.vision_config, cfg.text_config
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731  (ZeRO-3: whole size)
+        count = lambda m: sum(numel(p) for p in m.parameters())  # noqa: E731
         lm = model.model.language_model
-        emb = lm.get_input_embeddings().weight.numel()
+        emb = numel(lm.get_input_embeddings().weight)
         image = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
         patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
         patches = (image // patch) ** 2
         return cls(
-            llm_params=count(lm) - emb + model.lm_head.weight.numel(),
+            llm_params=count(lm) - emb + numel(model.lm_head.weight),
             llm_layers=tc.num_hidden_layers,
             llm_hidden=tc.hidden_size,
             vit_params=count(model.model.vision_tower),

@@ -98,9 +98,11 @@ class ZeroStrategy(DeepSpeedStrategy):
     the loss is divided by the accumulation steps once (by Lightning), as under DDP; Lightning's
     plain `DeepSpeedStrategy` lets the engine divide it a second time.
 
-    ZeRO-3 note: the model is built whole on every rank (the component loaders write full
-    tensors, which parameters created under `deepspeed.zero.Init` cannot take) and partitioned by
-    `deepspeed.initialize` right after, so host memory must briefly hold one full copy per rank.
+    ZeRO-3: the model is built under `deepspeed.zero.Init`, so each rank only ever holds its
+    partition; rank 0 alone reads the component files and its weights are written into everyone's
+    partitions one parameter at a time (`model/zero3.py`); a stage output (`init_from`) loads
+    through transformers' own ZeRO-3 path. `sharded_init=False` builds the whole model on every
+    rank first instead (host memory: one full copy per rank).
     """
 
     def __init__(
@@ -111,10 +113,12 @@ class ZeroStrategy(DeepSpeedStrategy):
         offload: bool = False,
         gradient_clipping: float = 1.0,
         exclude_frozen_parameters: bool = False,
+        sharded_init: bool = True,
         **kwargs: Any,
     ) -> None:
         config = deepspeed_config(stage, size, bucket_size, offload, gradient_clipping)
         super().__init__(config=config, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        self.sharded_init = sharded_init
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         # A checkpoint saved with exclude_frozen_parameters lacks the frozen weights by design (they
@@ -137,10 +141,23 @@ class ZeroStrategy(DeepSpeedStrategy):
 
     @contextlib.contextmanager
     def model_sharded_context(self):
-        # The component loaders write full tensors into the model, which parameters created under
-        # `deepspeed.zero.Init` (ZeRO-3) cannot take. Build the model whole; `deepspeed.initialize`
-        # partitions it right after.
-        yield
+        if not (self.zero_stage_3 and self.sharded_init):
+            yield  # built whole; deepspeed.initialize partitions it (ZeRO-3) right after
+            return
+        from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        self._init_config_if_needed()
+        # While the model is built, from_pretrained (init_from) sees ZeRO-3 and loads into
+        # partitioned parameters too. Only then: afterwards a from_pretrained on one rank (an
+        # evaluation, the next stage of a pipeline) must stay an ordinary local load.
+        hf_config = HfDeepSpeedConfig(self.config)  # transformers keeps a weak reference
+        try:
+            with super().model_sharded_context():
+                yield
+        finally:
+            unset_hf_deepspeed_config()
+            del hf_config
 
 
 class Fsdp2Strategy(ModelParallelStrategy):
