@@ -67,15 +67,9 @@ def tokenizer_info(tokenizer) -> dict:
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     """The LLM's tokenizer with InternVL's special tokens added (as training will see it)."""
-    from transformers import AutoTokenizer
+    from ..model.tokenizer import load_with_vlm_tokens
 
-    from ..model.tokenizer import add_vlm_tokens
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"tokenizer directory not found: {path}")
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    add_vlm_tokens(tok)
-    return tok
+    return load_with_vlm_tokens(path, trust_remote_code, check_chat=False)[0]
 
 
 def _load_specs(meta_path: str | os.PathLike) -> list[DatasetSpec]:

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoTokenizer,
     InternVLConfig,
     InternVLForConditionalGeneration,
     InternVLVisionConfig,
@@ -37,7 +36,7 @@ from .convert import (
 from .drop_path import install_drop_path
 from .pixel_shuffle import patch_pixel_shuffle
 from .presets import get_preset, meta_model, tokens_per_tile, vlm_config
-from .tokenizer import add_vlm_tokens, check_chat_tokens
+from .tokenizer import load_with_vlm_tokens
 from .zero3 import from_reader, full_shapes, is_reader, load_partitioned, raise_together, zero3_init_active
 
 PathLike = str | Path
@@ -45,14 +44,7 @@ PathLike = str | Path
 
 def _tokenizer(llm_dir: PathLike, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, int]:
     """(tokenizer with the VLM tokens, its length before adding them)."""
-    try:
-        tok = AutoTokenizer.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
-    except Exception as err:  # transformers raises many types here; name the directory
-        raise ValueError(f"could not load a tokenizer from {llm_dir}: {err}") from err
-    before = len(tok)
-    add_vlm_tokens(tok)
-    check_chat_tokens(tok, where=str(llm_dir))
-    return tok, before
+    return load_with_vlm_tokens(llm_dir, trust_remote_code)
 
 
 def load_tokenizer(llm_dir: PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -102,6 +102,27 @@ def build_tokenizer(
     return AutoTokenizer.from_pretrained(str(out))
 
 
+def load_with_vlm_tokens(
+    path: str | Path, trust_remote_code: bool = False, check_chat: bool = True
+) -> tuple[PreTrainedTokenizerBase, int]:
+    """An LLM directory's tokenizer with InternVL's tokens added, and its length before them.
+
+    ``check_chat``: fail unless the chat markers are single tokens (what the model builder needs;
+    the shard tool leaves that to the template it renders with).
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as err:  # transformers raises many types here; name the directory
+        raise ValueError(f"could not load a tokenizer from {path}: {err}") from err
+    before = len(tok)
+    add_vlm_tokens(tok)
+    if check_chat:
+        check_chat_tokens(tok, where=str(path))
+    return tok, before
+
+
 def add_vlm_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     """Add ``<img>``, ``</img>``, ``<IMG_CONTEXT>``, ... (in InternVL's order); return how many were new."""
     return tokenizer.add_tokens(list(VLM_SPECIAL_TOKENS), special_tokens=True)
