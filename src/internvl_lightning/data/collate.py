@@ -148,7 +148,7 @@ class PackingCollator:
         uint8 (T, S, S, 3) tiles are normalised straight into the output, so each pixel becomes
         float once per batch (no per-sample float tensors to concatenate).
         """
-        real = [t for p in parts if not isinstance(p, int) for t in p[:1]]
+        real = [p[0] for p in parts if not isinstance(p, int)]
         size = next((_tile_side(t) for t in real), self.image_size)
         dtype = next((t.dtype for t in real if t.is_floating_point()), torch.float32)
         n = sum(p if isinstance(p, int) else p[0].shape[0] for p in parts)
