@@ -15,6 +15,7 @@ import webdataset as wds
 from datagen import write_dataset
 from internvl_lightning.data.encode import EncodeConfig, encode_sample
 from internvl_lightning.data.shard import ShardFailed, add_shard_args, parse_size, run_shard, shard_dataset
+from internvl_lightning.data.sources import read_shard_samples
 from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
 
 # min == max frames: a video's encoded length is then exactly the shard tool's (max-frames) count
@@ -65,6 +66,7 @@ def samples(out: Path):
                     members.setdefault(m.name.split(".", 1)[0], {})[m.name.split(".", 1)[1]] = (
                         tar.extractfile(m).read()
                     )
+            shard = {**shard, **read_shard_samples(str(out), shard)}
             for i, key in enumerate(shard["keys"]):
                 yield name, shard, i, key, members[key]
 
@@ -84,7 +86,7 @@ def test_report_names_every_bad_sample_and_keeps_the_rest(data, out):
             and d["kept"] == len(data.good_lines(name)) == index["datasets"][name]["num_samples"]
         )
         assert sum(d["rejected"].values()) == n_lines - d["kept"]
-        keys = [k for s in index["datasets"][name]["shards"] for k in s["keys"]]
+        keys = [k for s in index["datasets"][name]["shards"] for k in read_shard_samples(str(out), s)["keys"]]
         assert keys == [f"{n:09d}" for n in data.good_lines(name)]
     text = (out / "report.txt").read_text()
     for r in report["rejected"]:
@@ -140,7 +142,14 @@ def test_tars_are_plain_webdataset(data, out):
         assert ds["dir"] == name and len(ds["shards"]) >= (1 if name in ("text", "video") else 2)
         urls = [str(out / s["path"]) for s in ds["shards"]]
         got = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
-        assert [s["__key__"] for s in got] == [k for s in ds["shards"] for k in s["keys"]]
+        assert [s["__key__"] for s in got] == [
+            k for s in ds["shards"] for k in read_shard_samples(str(out), s)["keys"]
+        ]
+        for s in ds["shards"]:  # the index holds totals; the per-sample lists sit beside each tar
+            lists = read_shard_samples(str(out), s)
+            assert "keys" not in s and s["samples"] == s["path"].removesuffix(".tar") + ".samples.json"
+            assert (s["num_samples"], s["num_tokens"], s["num_tiles"]) == (
+                len(lists["keys"]), sum(lists["num_tokens"]), sum(lists["num_tiles"]))  # fmt: skip
         for s in got:
             record = json.loads(s["json"])
             assert sorted(k for k in s if not k.startswith("__")) == sorted(["json"] + [

@@ -6,8 +6,11 @@ Output (``OUT``):
   (the original record plus ``_meta``: ``num_tokens``, ``num_tiles``, ``line``, ``media``) then the
   original media bytes ``<key>.img0.<ext>``, ``<key>.img1.<ext>``, ... or ``<key>.video.<ext>``;
   ``key`` is the 1-based JSONL line number, zero-padded to 9 digits.
+- ``<dataset>/shard-000000.samples.json`` ...: per shard, each sample's key, the byte offset of its
+  first tar header, and its token / tile counts (``sources.read_shard_samples``);
 - ``index.json``: settings, tokenizer name + vocabulary hash, and per dataset its meta options and
-  per shard the keys, the byte offset of each sample's first tar header, and token/tile counts.
+  per shard its path, sample / token / tile totals and its samples file. Only totals: the index
+  every rank reads at start-up stays a few hundred bytes per shard, however many samples.
 - ``report.json`` / ``report.txt``: per dataset lines seen, kept and rejected by reason, and every
   rejected sample (file:line, id, reason).
 
@@ -35,7 +38,7 @@ from .schema import MalformedSample, SampleError, iter_jsonl
 from .shard_check import INVALID_JSON, SCHEMA, checker
 from .shard_write import DatasetReport, Rejection, ShardFailed, ShardReport, TarShards, write_json
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: per-sample lists moved to per-shard samples files
 KEY_DIGITS = 9
 
 

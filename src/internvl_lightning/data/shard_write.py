@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+SAMPLES_SUFFIX = ".samples.json"
+
 
 @dataclass
 class _Shard:
@@ -23,14 +25,27 @@ class _Shard:
     num_tokens: list[int] = field(default_factory=list)
     num_tiles: list[int] = field(default_factory=list)
 
+    @property
+    def samples_path(self) -> str:
+        """The shard's sidecar with per-sample keys, offsets and counts (beside the tar)."""
+        return self.path.removesuffix(".tar") + SAMPLES_SUFFIX
+
+    def samples(self) -> dict:
+        return {
+            "keys": self.keys,
+            "offsets": self.offsets,
+            "num_tokens": self.num_tokens,
+            "num_tiles": self.num_tiles,
+        }
+
     def entry(self) -> dict:
+        """The shard in index.json: totals only, so the index stays small at any dataset size."""
         return {
             "path": self.path,
             "num_samples": len(self.keys),
-            "offsets": self.offsets,
-            "keys": self.keys,
-            "num_tokens": self.num_tokens,
-            "num_tiles": self.num_tiles,
+            "num_tokens": sum(self.num_tokens),
+            "num_tiles": sum(self.num_tiles),
+            "samples": self.samples_path,
         }
 
 
@@ -46,8 +61,9 @@ class TarShards:
     def __init__(self, out: Path, subdir: str, max_bytes: int):
         self.out, self.subdir, self.max_bytes = Path(out), subdir, max_bytes
         (self.out / subdir).mkdir(parents=True, exist_ok=True)
-        for old in (self.out / subdir).glob("shard-*.tar*"):  # stale output of an earlier run
-            old.unlink()
+        for pattern in ("shard-*.tar*", "shard-*" + SAMPLES_SUFFIX):  # stale output of an earlier run
+            for old in (self.out / subdir).glob(pattern):
+                old.unlink()
         self.shards: list[_Shard] = []
         self._tar: tarfile.TarFile | None = None
         self._size = 0
@@ -79,7 +95,9 @@ class TarShards:
     def _close_current(self) -> None:
         if self._tar is not None:
             self._tar.close()
-            path = self.out / self.shards[-1].path
+            shard = self.shards[-1]
+            write_json(self.out / shard.samples_path, shard.samples())
+            path = self.out / shard.path
             os.replace(str(path) + ".tmp", path)
             self._tar = None
 

@@ -153,6 +153,13 @@ def load_index(root: str) -> tuple[dict[str, Any], list[DatasetSource]]:
     return header, sources
 
 
+def read_shard_samples(root: str, shard: dict[str, Any]) -> dict[str, list]:
+    """Per-sample ``keys``, ``offsets``, ``num_tokens``, ``num_tiles`` of one index.json shard entry."""
+    if "samples" not in shard:  # index version 1 kept the lists inline
+        return {k: shard[k] for k in ("keys", "offsets", "num_tokens", "num_tiles")}
+    return read_json(join_url(root, shard["samples"]))
+
+
 def split_name(name: str) -> tuple[str, str]:
     """WebDataset's rule: the key runs to the first dot of the file name, the rest is the suffix."""
     head, _, base = name.rpartition("/")
