@@ -22,7 +22,7 @@ from pathlib import Path
 from ..data.encode import EncodeConfig
 from ..data.templates import get_template
 from ..model.components import write_llm, write_vision
-from ..model.presets import LLMPreset, VisionPreset
+from ..model.presets import LLMPreset, VisionPreset, tokens_per_tile
 
 CONF = Path(__file__).resolve().parents[3] / "conf" / "demo"
 
@@ -32,6 +32,7 @@ DEMO_VISION = VisionPreset(
 )
 DEMO_LLM = LLMPreset("demo", "qwen2", 128, 4, 4, 2, 384, 1024, None, 1e4, True, 1e-6, 4096)
 STAGES = ("stage1", "stage1_5", "stage2")
+MAX_TILES = 6  # dynamic tiling limit of the demo data (conf/demo: data.max_dynamic_patch)
 
 
 def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
@@ -51,7 +52,9 @@ def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
     write_llm(DEMO_LLM, llm, corpus=corpus + [system] * 50, seed=seed, extra_tokens=PICTURE_TOKENS)
     # Reading pictures from cell words takes the LLM longer than plain chat (~800 steps).
     llm_steps, vit_steps = (40, 40) if quick else (800, 1000)
-    convs = chat_corpus(500 if quick else 12000, seed + 2, DEMO_VISION.image_size, DEMO_VISION.patch_size)
+    convs = chat_corpus(
+        500 if quick else 12000, seed + 2, DEMO_VISION.image_size, DEMO_VISION.patch_size, MAX_TILES
+    )
     llm_loss = pretrain_llm(llm, convs, steps=llm_steps, seed=seed)
     vit_loss = pretrain_vit(vision, steps=vit_steps, seed=seed)
     done.write_text(
@@ -75,9 +78,9 @@ def build_data(out: Path, llm: Path, quick: bool, seed: int) -> tuple[dict[str, 
     metas = write_stage_data(out / "raw", *n, seed=seed)
     write_mmbench_tsv(tsv, 60 if quick else 200, seed=seed + 1000)
     cfg = EncodeConfig(
-        image_size=64,
-        tokens_per_tile=16,
-        max_dynamic_patch=6,
+        image_size=DEMO_VISION.image_size,
+        tokens_per_tile=tokens_per_tile(DEMO_VISION),
+        max_dynamic_patch=MAX_TILES,
         min_num_frames=8,
         max_num_frames=8,
         max_length=1024,

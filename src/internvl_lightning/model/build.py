@@ -42,14 +42,9 @@ from .zero3 import from_reader, full_shapes, is_reader, load_partitioned, raise_
 PathLike = str | Path
 
 
-def _tokenizer(llm_dir: PathLike, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, int]:
-    """(tokenizer with the VLM tokens, its length before adding them)."""
-    return load_with_vlm_tokens(llm_dir, trust_remote_code)
-
-
 def load_tokenizer(llm_dir: PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer with InternVL's 9 special tokens added (a no-op if already there)."""
-    return _tokenizer(llm_dir, trust_remote_code)[0]
+    return load_with_vlm_tokens(llm_dir, trust_remote_code)[0]
 
 
 def check_state_dict(
@@ -238,7 +233,7 @@ def build_model(
     downsample_ratio = downsample_ratio or 0.5
     sharded = zero3_init_active()  # inside deepspeed.zero.Init: only rank 0 reads weights
     vision_cfg, text_cfg = load_vision_config(vision), load_llm_config(llm)
-    tok, old_n = _tokenizer(llm, trust_remote_code)
+    tok, old_n = load_with_vlm_tokens(llm, trust_remote_code)
     tie = text_cfg.tie_word_embeddings if tie_word_embeddings is None else tie_word_embeddings
     if old_n > text_cfg.vocab_size:
         raise ValueError(
