@@ -3,6 +3,7 @@
 Run from the repository root, without installing the package and without network:
 
     python3 benchmarks/gpu.py                 # on one GPU, all shapes and stages (< 8 minutes)
+    python3 benchmarks/gpu.py --no-compile --checkpointing both   # the eager baseline
     python3 benchmarks/gpu.py --smoke         # on CPU: tiny shapes, 2 steps, the same code path
 
 Shapes (random weights, built from model/presets.py dataclasses): ``1b`` = InternViT-300M +
@@ -12,14 +13,21 @@ step, so compiled attention kernels are built once), random token ids and pixels
 before timing (the figure times the model, not the host-to-device copy). Precision
 ``bf16-mixed`` (fp32 weights, bf16 autocast; the stage recipes' setting) or ``bf16-true``. Attention:
 ``flash_attention_2`` if importable, else ``flex_attention`` (block-diagonal packed mask), else
-``sdpa`` (dense mask) for the LLM; the ViT uses sdpa (fixed 1,025-token tiles, no mask). Activation
-checkpointing on for ViT and LLM. Stages: ``stage1`` trains the MLP projector only, ``stage2``
-trains everything. One step = forward, chunked loss (``training/loss.py``), backward, fused AdamW.
+``sdpa`` (dense mask) for the LLM; the ViT uses sdpa (fixed 1,025-token tiles, no mask). By default
+each ViT and LLM block is compiled (``model/compile.py``; ``--no-compile``) and the ViT recomputes
+its activations in backward (``--checkpointing vit``; ``both`` also the LLM's). That is the fastest
+setting that fits: on an 80 GB H100 the 2B shape peaked at 72.5 GiB so, and ran out of memory
+with ``--checkpointing llm`` (48 tiles of ViT activations outweigh 16k tokens of LLM ones).
+Stages: ``stage1`` trains the MLP projector only, ``stage2`` trains everything. One step = forward,
+chunked loss (``training/loss.py``), backward, fused AdamW.
 
 Reported per shape and stage (median over the measured steps): real tokens/s, tiles/s, MFU with
-model FLOPs from ``training/flops.py`` (6N per token + attention per packed sample + ViT + MLP; the
-same model FLOPs whatever is frozen, so stage 1 MFU understates the hardware's work) over the peak
-in its table, and peak memory. Results go to ``$OUT/gpu.json`` (or benchmarks/results/gpu.json).
+model FLOPs from ``training/flops.py`` (6N per token + attention per packed sample + ViT + MLP, for
+the parts that train: stage 1 runs the ViT forward only and skips the LLM's weight gradients;
+recomputation is never counted) over the peak in its table, and peak memory. Results go to
+``$OUT/gpu.json`` (or benchmarks/results/gpu.json); ``--rescore FILE`` recomputes a stored file's
+FLOP fields on the CPU after a change to flops.py. The first step of a fresh machine compiles
+kernels for minutes (flex attention, the blocks); later runs on it reuse the on-disk cache.
 Target (for the record): >= 40% MFU in stage 2 for the 2B shape.
 """
 
@@ -48,6 +56,8 @@ from benchmarks.common import machine_info  # noqa: E402
 from internvl_lightning.data.collate import PackingCollator  # noqa: E402
 from internvl_lightning.data.length_mix import realistic_length_mix  # noqa: E402
 from internvl_lightning.data.packing import EncodedSample, Packer  # noqa: E402
+from internvl_lightning.model.checkpointing import enable_activation_checkpointing  # noqa: E402
+from internvl_lightning.model.compile import compile_blocks  # noqa: E402
 from internvl_lightning.model.presets import (  # noqa: E402
     LLM_PRESETS,
     VISION_PRESETS,
@@ -56,7 +66,7 @@ from internvl_lightning.model.presets import (  # noqa: E402
     tokens_per_tile,
     vlm_config,
 )
-from internvl_lightning.training.flops import FlopsModel, peak_flops  # noqa: E402
+from internvl_lightning.training.flops import FlopsModel, peak_flops, trained_parts  # noqa: E402
 from internvl_lightning.training.loss import weighted_loss  # noqa: E402
 
 SHAPES = {
@@ -90,14 +100,6 @@ def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 vlm_forward.image_features = _image_features  # vlm_hidden_states looks it up at call time
-
-
-def enable_checkpointing(module) -> None:
-    kwargs = {"use_reentrant": False}
-    if hasattr(module, "activation_checkpointing_enable"):
-        module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def best_attention(device: torch.device, wanted: str) -> str:
@@ -152,7 +154,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 # ---- model -------------------------------------------------------------------------------------
-def build(preset: VLMPreset, device: torch.device, precision: str, attn: str):
+def build(
+    preset: VLMPreset, device: torch.device, precision: str, attn: str, checkpointing: str, compile: bool
+):
     config = vlm_config(preset)
     dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
     with torch.device(device):
@@ -164,8 +168,12 @@ def build(preset: VLMPreset, device: torch.device, precision: str, attn: str):
             used = attn
         except Exception as e:  # not supported by this transformers / torch
             print(f"  {attn} unavailable ({type(e).__name__}: {e}); using sdpa", flush=True)
-    enable_checkpointing(model.model.vision_tower)
-    enable_checkpointing(model.model.language_model)
+    if checkpointing in ("both", "vit"):
+        enable_activation_checkpointing(model.model.vision_tower)
+    if checkpointing in ("both", "llm"):
+        enable_activation_checkpointing(model.model.language_model)
+    if compile:
+        compile_blocks(model)
     return model.train(), used
 
 
@@ -211,14 +219,66 @@ def train_steps(model, opt, packs: list[dict], device: torch.device, precision: 
     return times
 
 
-def run_config(name, preset, stage, packs, device, precision, attn, warmup, peak) -> dict:
+def mean_step_flops(flops_model: FlopsModel, parts: dict[str, bool], packs: list[dict]) -> float:
+    """Model FLOPs of one step (one pack), averaged over ``packs`` (training/flops.py)."""
+    flops = []
+    for b in packs:
+        sid = b["sample_index"]
+        lengths = torch.bincount(sid[sid >= 0].flatten()).tolist()
+        flops.append(flops_model.step_flops(b["stats"]["real_tokens"], lengths, b["stats"]["tiles"], **parts))
+    return statistics.mean(flops)
+
+
+def flops_fields(step_flops: float, step_seconds: float, peak: float | None) -> dict:
+    return {
+        "model_tflops_per_step": step_flops / 1e12,
+        "achieved_tflops": step_flops / step_seconds / 1e12,
+        "mfu": step_flops / step_seconds / peak if peak else None,
+    }
+
+
+def rescore(path: Path) -> None:
+    """Recompute the FLOP fields of a results file from its measured step times with the current
+    ``training/flops.py`` (no GPU: the packs are rebuilt on the CPU from the same seed and checked
+    against the recorded token and tile means; the model is built on the meta device)."""
+    payload = json.loads(path.read_text())
+    settings, peak = payload["settings"], peak_flops(payload["machine"].get("gpu"))
+    for r in payload["results"]:
+        if "error" in r:
+            continue
+        preset = SHAPES[r["shape"]]
+        per_tile = tokens_per_tile(preset.vision, preset.downsample_ratio)
+        packs = make_packs(preset, settings["warmup"] + settings["steps"], TOKENS * per_tile // 256)
+        measured = packs[settings["warmup"] :]
+        tokens = statistics.mean(b["stats"]["real_tokens"] for b in measured)
+        tiles = statistics.mean(b["stats"]["tiles"] for b in measured)
+        if (tokens, tiles) != (r["mean_real_tokens"], r["mean_tiles"]):
+            raise ValueError(f"{path}: {r['shape']} packs differ from the measured ones ({tokens}, {tiles})")
+        with torch.device("meta"):
+            model = InternVLForConditionalGeneration._from_config(vlm_config(preset))
+        set_stage(model, r["stage"])
+        old = {k: r[k] for k in ("model_tflops_per_step", "achieved_tflops", "mfu")}
+        new = flops_fields(
+            mean_step_flops(FlopsModel.from_model(model), trained_parts(model), measured),
+            r["median_step_seconds"],
+            peak,
+        )
+        if new != old:
+            r.update(new, flops_before_rescore=old)
+        print(table([r]).splitlines()[-1], flush=True)
+    payload["rescored"] = machine_info()["date"]
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def run_config(name, preset, stage, packs, device, args, attn, warmup, peak) -> dict:
+    precision = args.precision
     t_build = time.perf_counter()
-    model, used = build(preset, device, precision, attn)
+    model, used = build(preset, device, precision, attn, args.checkpointing, args.compile)
     set_stage(model, stage)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, fused=fused)
-    flops_model = FlopsModel.from_model(model)
+    flops_model, parts = FlopsModel.from_model(model), trained_parts(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     build_s = time.perf_counter() - t_build
@@ -237,17 +297,13 @@ def run_config(name, preset, stage, packs, device, precision, attn, warmup, peak
     measured = packs[warmup:]
     tokens = statistics.mean(b["stats"]["real_tokens"] for b in measured)
     tiles = statistics.mean(b["stats"]["tiles"] for b in measured)
-    flops = []
-    for b in measured:
-        sid = b["sample_index"]
-        lengths = torch.bincount(sid[sid >= 0].flatten()).tolist()
-        flops.append(flops_model.step_flops(b["stats"]["real_tokens"], lengths, b["stats"]["tiles"]))
-    step_flops = statistics.mean(flops)
     result = {
         "shape": name,
         "stage": stage,
         "attention": used,
         "precision": precision,
+        "checkpointing": args.checkpointing,
+        "compiled": args.compile,
         "trainable_params": sum(p.numel() for p in params),
         "total_params": sum(p.numel() for p in model.parameters()),
         "build_seconds": build_s,
@@ -256,9 +312,7 @@ def run_config(name, preset, stage, packs, device, precision, attn, warmup, peak
         "median_step_seconds": step,
         "tokens_per_s": tokens / step,
         "tiles_per_s": tiles / step,
-        "model_tflops_per_step": step_flops / 1e12,
-        "achieved_tflops": step_flops / step / 1e12,
-        "mfu": step_flops / step / peak if peak else None,
+        **flops_fields(mean_step_flops(flops_model, parts, measured), step, peak),
         "peak_memory_gib": peak_memory(device),
         "mean_real_tokens": tokens,
         "mean_tiles": tiles,
@@ -299,11 +353,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; smoke 1)")
     parser.add_argument("--precision", choices=("bf16-mixed", "bf16-true"), default="bf16-mixed")
     parser.add_argument("--attn", default="auto", help="auto | flash_attention_2 | flex_attention | sdpa")
+    parser.add_argument(
+        "--checkpointing", choices=("both", "vit", "llm", "none"), default="vit",
+        help="which parts recompute activations in backward (default vit: a 2B model fits 80 GB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True,
+        help="torch.compile each ViT and LLM block (model/compile.py; default on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rescore", nargs="+", type=Path, metavar="JSON",
+        help="recompute the FLOP fields of result files with the current flops.py (CPU), then exit",
+    )  # fmt: skip
+    parser.add_argument("--name", default=None, help="results file name (default gpu, or gpu_smoke)")
     parser.add_argument("--deadline", type=float, default=450.0, help="seconds; later configs are skipped")
     parser.add_argument(
         "--out", default=None, help="directory for gpu.json (default $OUT or benchmarks/results)"
     )
     args = parser.parse_args(argv)
+    if args.rescore:
+        for path in args.rescore:
+            rescore(path)
+        return {}
 
     t_start = time.perf_counter()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -318,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = []
     out_dir = Path(args.out or os.environ.get("OUT") or ROOT / "benchmarks" / "results")
-    name = "gpu_smoke" if args.smoke else "gpu"
+    name = args.name or ("gpu_smoke" if args.smoke else "gpu")
     for shape, preset in shapes.items():
         per_tile = tokens_per_tile(preset.vision, preset.downsample_ratio)
         budget = TOKENS * per_tile // 256
@@ -329,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             print(f"{shape} {stage} ...", flush=True)
             try:
-                r = run_config(shape, preset, stage, packs, device, args.precision, attn, warmup, peak)
+                r = run_config(shape, preset, stage, packs, device, args, attn, warmup, peak)
             except Exception as e:  # keep going: one failing config must not lose the others
                 r = {"shape": shape, "stage": stage, "error": f"{type(e).__name__}: {e}"}
                 gc.collect()
@@ -349,7 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "warmup": warmup,
                     "precision": args.precision,
                     "attention": attn,
-                    "activation_checkpointing": True,
+                    "activation_checkpointing": args.checkpointing,
+                    "compile": args.compile,
                     "smoke": args.smoke,
                 },  # fmt: skip
                 "results": results,

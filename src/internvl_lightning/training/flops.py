@@ -7,8 +7,16 @@ a forward pass costs 2 FLOPs per parameter per token plus attention scores, and 
     attention:  12 * n_layers * d_model * sum_s(T_s^2)   (QK^T and AV, 2*T^2*d each, x3)
 We count full (non-causal) T^2 like PaLM does, and sum per packed sample because samples do
 not attend to each other. The ViT adds the same terms over its patch tokens (+CLS) per tile,
-and the projector 6 * N_mlp per visual token. MFU uses these *model* FLOPs whatever is frozen
-(frozen weights skip their weight-gradient matmuls, so MFU of stage 1 understates hardware use).
+and the projector 6 * N_mlp per visual token.
+
+Frozen parts need fewer FLOPs, and MFU counts only what the step needs (recomputation under
+activation checkpointing is never counted). Per parameter and token, a part costs 2 (forward)
++ 2 (gradients of its inputs, needed inside a training part and wherever anything upstream
+trains: the LLM in stage 1 passes gradients down to the projector) + 2 (gradients of its
+weights, when the part trains). Attention
+has no weights: its forward is 4 * d * T^2 per layer and its backward 8 * d * T^2 whenever
+gradients pass through it. So stage 1 (projector only) costs the LLM 4N, the ViT 2N. A part
+counts as training when any of its parameters does.
 """
 
 from __future__ import annotations
@@ -65,15 +73,49 @@ class FlopsModel:
             llm_tokens_per_tile=tokens_per_tile(vc, cfg.downsample_ratio),
         )
 
-    def step_flops(self, tokens: int, sample_lengths: list[int], tiles: int) -> float:
-        """Training FLOPs for `tokens` LLM tokens (samples of the given lengths) and `tiles` ViT tiles."""
-        llm = 6 * self.llm_params * tokens + 12 * self.llm_layers * self.llm_hidden * sum(
-            t * t for t in sample_lengths
-        )
+    def step_flops(
+        self,
+        tokens: int,
+        sample_lengths: list[int],
+        tiles: int,
+        *,
+        vit: bool = True,
+        mlp: bool = True,
+        llm: bool = True,
+    ) -> float:
+        """Training FLOPs for `tokens` LLM tokens (samples of the given lengths) and `tiles` ViT
+        tiles; `vit`, `mlp`, `llm` say which parts train (all by default: stage 2)."""
+
+        def dense(trains: bool, upstream: bool) -> int:  # FLOPs per parameter per token
+            # Inside a training part every layer but the first needs its input gradients too.
+            return 6 if trains else 4 if upstream else 2
+
+        def attention(trains: bool, upstream: bool) -> int:  # x d x T^2 per layer
+            return 12 if trains or upstream else 4
+
         v = self.vit_tokens_per_tile
-        vit = tiles * (6 * self.vit_params * v + 12 * self.vit_layers * self.vit_hidden * v * v)
-        mlp = tiles * 6 * self.mlp_params * self.llm_tokens_per_tile
-        return float(llm + vit + mlp)
+        vit_flops = tiles * (
+            dense(vit, False) * self.vit_params * v
+            + attention(vit, False) * self.vit_layers * self.vit_hidden * v * v
+        )
+        mlp_flops = tiles * dense(mlp, vit) * self.mlp_params * self.llm_tokens_per_tile
+        upstream = vit or mlp
+        llm_flops = dense(llm, upstream) * self.llm_params * tokens + attention(
+            llm, upstream
+        ) * self.llm_layers * self.llm_hidden * sum(t * t for t in sample_lengths)
+        return float(llm_flops + vit_flops + mlp_flops)
+
+
+def trained_parts(model) -> dict[str, bool]:
+    """Which parts of an `InternVLForConditionalGeneration` train now (keyword arguments of
+    `FlopsModel.step_flops`)."""
+    inner = model.model
+    trains = lambda m: any(p.requires_grad for p in m.parameters())  # noqa: E731
+    return {
+        "vit": trains(inner.vision_tower),
+        "mlp": trains(inner.multi_modal_projector),
+        "llm": trains(inner.language_model) or model.lm_head.weight.requires_grad,
+    }
 
 
 def peak_flops(device_name: str | None) -> float | None:

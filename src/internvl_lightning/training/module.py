@@ -11,12 +11,14 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..model.checkpointing import enable_activation_checkpointing
+from ..model.compile import compile_blocks
 from ..model.forward import vlm_hidden_states
-from .flops import FlopsModel, peak_flops
+from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
-from .strategy import ParamScope, ZeroStrategy, deepspeed_grad_norm, prepare_for_strategy
+from .strategy import ParamScope, ZeroStrategy, deepspeed_grad_norm, is_zero3, prepare_for_strategy
 
 
 class InternVLChat(L.LightningModule):
@@ -38,6 +40,7 @@ class InternVLChat(L.LightningModule):
             gradient is the global weighted mean (reference `loss_reduction_all_gather`).
         loss_chunk_size: positions per chunk of the logits-free loss.
         gradient_checkpointing_vit, gradient_checkpointing_llm: recompute activations in backward.
+        compile_blocks: ``torch.compile`` each ViT and LLM block (GPU speed; not with ZeRO-3).
         peak_flops: accelerator peak FLOP/s for MFU; detected for known GPUs when None.
         seed: initialisation seed of the new projector.
     """
@@ -64,6 +67,7 @@ class InternVLChat(L.LightningModule):
         loss_chunk_size: int = 4096,
         gradient_checkpointing_vit: bool = False,
         gradient_checkpointing_llm: bool = False,
+        compile_blocks: bool = False,
         peak_flops: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -100,20 +104,23 @@ class InternVLChat(L.LightningModule):
             self.model = build_model(
                 vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options
             )
-        # Non-reentrant checkpointing: frozen inputs (stage 1) raise no "does not require grad".
         parts = [self.model.model.vision_tower] if h.gradient_checkpointing_vit else []
         parts += [self.model.model.language_model] if h.gradient_checkpointing_llm else []
         for part in parts:
-            if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.2x
-                part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(part)
         # Loaders return eval mode; Lightning keeps a module's mode, and drop path needs train().
         self.model.train(self.training)
         for cb in self.trainer.callbacks if self._trainer is not None else []:
             if isinstance(cb, FreezeSchedule):
                 cb.apply(self.model)
         self._flops = FlopsModel.from_model(self.model)
+        if h.compile_blocks:  # inside the checkpoints, before FSDP2 shards the blocks
+            if self._trainer is not None and is_zero3(self.trainer.strategy):
+                raise ValueError(
+                    "compile_blocks does not work with ZeRO-3 (its parameter-gathering hooks run inside "
+                    "every block): use ZeRO-1/2, DDP or Fsdp2Strategy, or compile_blocks=false"
+                )
+            compile_blocks(self.model)
         # Parallelism lives in strategy.py: FSDP2 sharding, ZeRO-3 gathering of lm_head for the loss.
         self.lm_head_scope = prepare_for_strategy(self, self.model)
 
@@ -253,6 +260,7 @@ class InternVLChat(L.LightningModule):
             if peak and self._flops is not None and "sample_index" in batch:
                 sid = batch["sample_index"]
                 lengths = torch.bincount(sid[sid >= 0].flatten()).tolist()
-                flops = self._flops.step_flops(stats["real_tokens"], lengths, stats["tiles"])
+                parts = trained_parts(self.model)  # a FreezeSchedule may change them mid-run
+                flops = self._flops.step_flops(stats["real_tokens"], lengths, stats["tiles"], **parts)
                 self.log("train/mfu", flops / dt / peak, prog_bar=True, on_step=True, batch_size=1)
         self._t_last = now

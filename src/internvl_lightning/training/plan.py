@@ -27,8 +27,8 @@ never builds full logits (`loss.py`): one chunk of chunk x vocab logits lives at
 bf16 logits + fp32 copy + fp32 gradient (10 bytes each).
 
 Time: FLOPs per pack from `flops.py` (6N + attention + ViT; Kaplan et al. 2020, PaLM App. B);
-step time = FLOPs per step / (GPUs x peak x MFU). Those are model FLOPs, so stages with frozen
-parts (no weight gradients there) run faster than the estimate at the same MFU.
+step time = FLOPs per step / (GPUs x peak x MFU), with the model FLOPs of flops.py for the parts
+that train in this stage (frozen parts skip their weight gradients; a frozen ViT runs forward only).
 Not counted: CUDA context and NCCL (about 1-2 GiB), allocator fragmentation, the ZeRO-3 prefetch
 beyond one module.
 """
@@ -39,7 +39,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from .flops import PEAK_BF16_FLOPS, FlopsModel
+from .flops import PEAK_BF16_FLOPS, FlopsModel, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .strategy import zero_config
 
@@ -262,7 +262,9 @@ def plan(
     lengths = [sample_tokens] * (pack_tokens // sample_tokens)
     if pack_tokens % sample_tokens:
         lengths.append(pack_tokens % sample_tokens)
-    flops_per_pack = FlopsModel.from_model(model).step_flops(pack_tokens, lengths, tiles_per_pack)
+    flops_per_pack = FlopsModel.from_model(model).step_flops(
+        pack_tokens, lengths, tiles_per_pack, **trained_parts(model)
+    )
     tokens_per_step = tokens_per_step or gpus * pack_tokens * grad_acc
     packs = tokens_per_step / pack_tokens
     step_flops = packs * flops_per_pack
