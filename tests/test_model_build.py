@@ -209,3 +209,14 @@ def test_dtype_and_attn_implementation(tiny_components):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.config.text_config._attn_implementation == "eager"
     assert model.config.vision_config._attn_implementation == "eager"
+
+
+def test_flex_attention_is_for_the_llm_only(tiny_components, tmp_path):
+    """Flex attention serves packed LLM masks; the ViT's fixed unmasked tiles keep sdpa, on every path."""
+    built = build_model(*tiny_components, attn_implementation="flex_attention")
+    built.save_pretrained(tmp_path)
+    for model in (built, build_model(init_from=tmp_path, attn_implementation="flex_attention")):
+        assert model.model.language_model.config._attn_implementation == "flex_attention"
+        assert model.model.vision_tower.config._attn_implementation == "sdpa"
+    preset = build_model(preset="tiny", attn_implementation="flex_attention")
+    assert preset.model.vision_tower.config._attn_implementation == "sdpa"

@@ -180,6 +180,11 @@ def _apply_options(model, drop_path_rate: float, ps_version: str, select_layer: 
     if not -(n_layers + 1) <= select_layer <= n_layers:
         raise ValueError(f"select_layer {select_layer} out of range for a {n_layers}-layer vision encoder")
     model.config.vision_feature_layer = select_layer
+    vision = model.model.vision_tower
+    if vision.config._attn_implementation == "flex_attention":
+        # Flex attention is for the LLM's packed block-diagonal masks. ViT tiles are fixed-length
+        # and unmasked, where sdpa's flash kernel needs no compilation (as benchmarks/gpu.py ran).
+        vision.set_attn_implementation("sdpa")
     patch_pixel_shuffle(model, ps_version)
     install_drop_path(model, drop_path_rate)
     return model

@@ -32,7 +32,8 @@ class InternVLChat(L.LightningModule):
         preset: a named shape (e.g. "8b") to build with random weights, for planning and tests.
         select_layer, downsample_ratio, ps_version, drop_path_rate: model options; None keeps what an
             `init_from` checkpoint stored (fresh builds: -1, 0.5, "v2", 0.0).
-        attn_implementation: "sdpa" (CPU and GPU), "eager", "flash_attention_2" or "flex_attention".
+        attn_implementation: "sdpa" (CPU and GPU), "eager", "flash_attention_2" or "flex_attention"
+            (the LLM's; the ViT keeps sdpa with flex).
         lr, weight_decay, betas, eps: AdamW. Biases and norms get no weight decay.
         warmup: warmup steps (>= 1) or ratio of the total steps (< 1).
         min_lr_ratio: cosine floor as a fraction of lr.
