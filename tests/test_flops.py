@@ -8,12 +8,15 @@ of a frozen ViT.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import InternVLForConditionalGeneration
 
 from internvl_lightning.model.forward import vlm_hidden_states
+from internvl_lightning.model.lora import LLM_TARGETS, VIT_TARGETS, add_lora
 from internvl_lightning.model.presets import VLM_PRESETS, tokens_per_tile, vlm_config
 from internvl_lightning.training.flops import FlopsModel, trained_parts
 
@@ -50,21 +53,38 @@ def counted_step_flops(model, input_ids, pixels) -> int:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("stage", sorted(TRAINED))
+LORA = {  # case -> (ViT rank, LLM rank); the projector trains beside the adapters
+    "vit lora": (1, 0),
+    "llm lora": (0, 1),
+}
+EXPECTED_PARTS = {
+    "1": {"vit": False, "mlp": True, "llm": False, "adapters": ()},
+    "1.5": {"vit": True, "mlp": True, "llm": False, "adapters": ()},
+    "2": {"vit": True, "mlp": True, "llm": True, "adapters": ()},
+    "llm only": {"vit": False, "mlp": False, "llm": True, "adapters": ()},
+    "vit lora": {"vit": False, "mlp": True, "llm": False, "adapters": ("vit",)},
+    "llm lora": {"vit": False, "mlp": True, "llm": False, "adapters": ("llm",)},
+}
+
+
+@pytest.mark.parametrize("stage", sorted(EXPECTED_PARTS))
 def test_formula_matches_counted_flops(tiny, stage):
     model, input_ids, pixels, tiles = tiny
-    for name, p in model.named_parameters():
-        p.requires_grad_(any(part in name for part in TRAINED[stage]))
+    if stage in LORA:  # rank 1: the adapters' own products (left out of the formula) stay small
+        model = copy.deepcopy(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_("multi_modal_projector" in name)
+        vit_rank, llm_rank = LORA[stage]
+        if vit_rank:
+            add_lora(model.model.vision_tower, VIT_TARGETS, vit_rank, dropout=0.0)
+        if llm_rank:
+            add_lora(model.model.language_model, LLM_TARGETS, llm_rank, dropout=0.0)
+            model.lm_head.requires_grad_(False)
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(part in name for part in TRAINED[stage]))
     parts = trained_parts(model)
-    assert (
-        parts
-        == {
-            "1": {"vit": False, "mlp": True, "llm": False},
-            "1.5": {"vit": True, "mlp": True, "llm": False},
-            "2": {"vit": True, "mlp": True, "llm": True},
-            "llm only": {"vit": False, "mlp": False, "llm": True},
-        }[stage]
-    )
+    assert parts == EXPECTED_PARTS[stage]
     tokens = input_ids.shape[1]
     estimate = FlopsModel.from_model(model).step_flops(tokens, [tokens], tiles, **parts)
     counted = counted_step_flops(model, input_ids, pixels)

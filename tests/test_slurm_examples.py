@@ -72,3 +72,24 @@ def test_srun_lines_parse_with_the_fit_cli(tmp_path, capsys):
         assert cfg["data"]["shards"] == str(tmp_path)
     assert cfg["model"]["lr"] == 2e-5 and cfg["model"]["drop_path_rate"] == 0.4
     assert cfg["trainer"]["strategy"]["init_args"]["stage"] == 3
+
+
+def test_lora_finetune_config_parses(tmp_path, capsys):
+    """conf/README.md's LoRA fine-tune: stage2.yaml with a frozen backbone and an LLM rank."""
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    (prev / "config.json").write_text(json.dumps({"vision_config": {"image_size": 448, "patch_size": 14}}))
+    cfg = yaml.safe_load((ROOT / STAGES["stage2"]).read_text())
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("FreezeSchedule"):
+            cb["init_args"]["freeze_backbone"] = True
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(path), f"--model.init_from={prev}", "--model.llm_lora_rank=16",
+              f"--data.shards={tmp_path}", "--print_config"])  # fmt: skip
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    parsed = yaml.safe_load("\n".join(ln for ln in out.splitlines() if not ln.startswith("[")))
+    assert parsed["model"]["llm_lora_rank"] == 16 and parsed["model"]["vit_lora_rank"] == 0
+    assert parsed["model"]["lora_alpha"] is None and parsed["model"]["lora_dropout"] == 0.05

@@ -20,6 +20,7 @@ import torch
 from transformers import GenerationConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
 from ..constants import IM_END, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, NORMALIZATION
+from ..model.lora import has_adapters, merged_state_dict
 
 
 def chat_template(template: str = "internvl2_5") -> str:
@@ -142,16 +143,20 @@ def export_hf(
 
     `model_or_checkpoint` is a built model, a Lightning `.ckpt`, or a stage output directory;
     `tokenizer` defaults to the one that goes with it (the LLM dir of the run, or the stage dir).
-    `dtype` converts the model in place before saving (e.g. torch.bfloat16 for serving).
+    `dtype` converts the model in place before saving (e.g. torch.bfloat16 for serving). LoRA
+    adapters are merged into the weights they adapt (in fp32, before any `dtype` conversion).
     """
     from .load import resolve_model
 
     model, tokenizer = resolve_model(model_or_checkpoint, tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    state = merged_state_dict(model) if has_adapters(model) else None
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
+        if state is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True, max_shard_size=max_shard_size)
 
     tokenizer = _save_tokenizer(tokenizer, out)
     vcfg = model.config.vision_config

@@ -25,6 +25,7 @@ from ..model.convert import (
     vision_config_from_original,
     vision_config_to_original,
 )
+from ..model.lora import merged_state_dict
 from ..model.presets import tokens_per_tile
 
 ORIGINAL_ARCH = "InternVLChatModel"
@@ -42,7 +43,7 @@ def export_original(
     cfg = model.config
     tc = cfg.text_config
     llm_arch = llm_arch or ("qwen2" if tc.model_type == "qwen2" else "llama")
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()}  # LoRA folded in
     if cfg.text_config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     heads = (tc.num_attention_heads, tc.num_key_value_heads)

@@ -82,40 +82,49 @@ class FlopsModel:
         vit: bool = True,
         mlp: bool = True,
         llm: bool = True,
+        adapters: tuple[str, ...] = (),
     ) -> float:
         """Training FLOPs for `tokens` LLM tokens (samples of the given lengths) and `tiles` ViT
-        tiles; `vit`, `mlp`, `llm` say which parts train (all by default: stage 2)."""
+        tiles. `vit`, `mlp`, `llm`: whose weights train (all by default: stage 2); `adapters`:
+        parts ("vit", "llm") with trainable LoRA adapters, which pass gradients through frozen
+        weights (the adapters' own rank-r products, ~r/width of a layer's, are left out)."""
 
-        def dense(trains: bool, upstream: bool) -> int:  # FLOPs per parameter per token
+        def dense(trains: bool, grads: bool) -> int:  # FLOPs per parameter per token
             # Inside a training part every layer but the first needs its input gradients too.
-            return 6 if trains else 4 if upstream else 2
+            return 6 if trains else 4 if grads else 2
 
-        def attention(trains: bool, upstream: bool) -> int:  # x d x T^2 per layer
-            return 12 if trains or upstream else 4
+        def attention(trains: bool, grads: bool) -> int:  # x d x T^2 per layer
+            return 12 if trains or grads else 4
 
+        vit_grads = "vit" in adapters
         v = self.vit_tokens_per_tile
         vit_flops = tiles * (
-            dense(vit, False) * self.vit_params * v
-            + attention(vit, False) * self.vit_layers * self.vit_hidden * v * v
+            dense(vit, vit_grads) * self.vit_params * v
+            + attention(vit, vit_grads) * self.vit_layers * self.vit_hidden * v * v
         )
-        mlp_flops = tiles * dense(mlp, vit) * self.mlp_params * self.llm_tokens_per_tile
-        upstream = vit or mlp
-        llm_flops = dense(llm, upstream) * self.llm_params * tokens + attention(
-            llm, upstream
+        mlp_flops = tiles * dense(mlp, vit or vit_grads) * self.mlp_params * self.llm_tokens_per_tile
+        llm_grads = vit or vit_grads or mlp or "llm" in adapters
+        llm_flops = dense(llm, llm_grads) * self.llm_params * tokens + attention(
+            llm, llm_grads
         ) * self.llm_layers * self.llm_hidden * sum(t * t for t in sample_lengths)
         return float(llm_flops + vit_flops + mlp_flops)
 
 
-def trained_parts(model) -> dict[str, bool]:
+def trained_parts(model) -> dict:
     """Which parts of an `InternVLForConditionalGeneration` train now (keyword arguments of
-    `FlopsModel.step_flops`)."""
+    `FlopsModel.step_flops`): a part's weights train when any of its non-adapter parameters does."""
+    from ..model.lora import ADAPTER_PREFIX
+
+    def flags(*modules) -> tuple[bool, bool]:  # (weights train, adapters train)
+        named = [(n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
+        adapter = [n.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX) for n, _ in named]
+        return (not all(adapter), any(adapter))
+
     inner = model.model
-    trains = lambda m: any(p.requires_grad for p in m.parameters())  # noqa: E731
-    return {
-        "vit": trains(inner.vision_tower),
-        "mlp": trains(inner.multi_modal_projector),
-        "llm": trains(inner.language_model) or model.lm_head.weight.requires_grad,
-    }
+    vit, vit_adapters = flags(inner.vision_tower)
+    llm, llm_adapters = flags(inner.language_model, model.lm_head)
+    adapters = tuple(name for name, on in (("vit", vit_adapters), ("llm", llm_adapters)) if on)
+    return {"vit": vit, "mlp": flags(inner.multi_modal_projector)[0], "llm": llm, "adapters": adapters}
 
 
 def peak_flops(device_name: str | None) -> float | None:

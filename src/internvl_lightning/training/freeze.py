@@ -1,7 +1,8 @@
 """Which parts of the VLM train in a stage: the `FreezeSchedule` callback.
 
 Flags and their order follow the reference trainer (freeze_backbone -> freeze_llm ->
-unfreeze_lm_head -> freeze_mlp -> unfreeze_vit_layers), with one correction: the reference's
+unfreeze_lm_head -> LoRA-adapted parts train their adapters only -> freeze_mlp ->
+unfreeze_vit_layers), with one correction: the reference's
 `unfreeze_lm_head` sets a Python attribute on the Module instead of on its weight, so it never
 unfroze anything; here it really makes the output layer trainable.
 Frozen modules stay in train mode (as in the reference), so ViT drop path stays active in
@@ -15,6 +16,8 @@ import logging
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+
+from ..model.lora import freeze_all_but_adapters, has_adapters
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ class FreezeSchedule(L.Callback):
             parts["llm"].requires_grad_(False)
         if self.unfreeze_lm_head:
             model.lm_head.weight.requires_grad_(True)
+        for part in (parts["vision"], parts["llm"]):  # LoRA-adapted parts train their adapters only
+            if has_adapters(part):
+                freeze_all_but_adapters(part)
         if self.freeze_mlp:
             parts["mlp"].requires_grad_(False)
         if self.unfreeze_vit_layers:

@@ -9,11 +9,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..model.checkpointing import enable_activation_checkpointing
 from ..model.compile import compile_blocks
 from ..model.forward import vlm_hidden_states
+from ..model.lora import add_vlm_lora
 from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
@@ -42,6 +43,11 @@ class InternVLChat(L.LightningModule):
         loss_chunk_size: positions per chunk of the logits-free loss.
         gradient_checkpointing_vit, gradient_checkpointing_llm: recompute activations in backward.
         compile_blocks: ``torch.compile`` each ViT and LLM block (GPU speed; not with ZeRO-3).
+        vit_lora_rank, llm_lora_rank: LoRA adapters of this rank on the ViT / the LLM (0 = none;
+            the reference's use_backbone_lora / use_llm_lora): the adapted part trains its adapters
+            only, and exports merge them (``model/lora.py``). Not with ZeRO-3.
+        lora_alpha: adapter scale numerator (None = 2 x rank, the reference); lora_dropout: on the
+            adapters' input.
         peak_flops: accelerator peak FLOP/s for MFU; detected for known GPUs when None.
         seed: initialisation seed of the new projector.
     """
@@ -69,6 +75,10 @@ class InternVLChat(L.LightningModule):
         gradient_checkpointing_vit: bool = False,
         gradient_checkpointing_llm: bool = False,
         compile_blocks: bool = False,
+        vit_lora_rank: int = 0,
+        llm_lora_rank: int = 0,
+        lora_alpha: float | None = None,
+        lora_dropout: float = 0.05,
         peak_flops: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -105,6 +115,17 @@ class InternVLChat(L.LightningModule):
             self.model = build_model(
                 vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options
             )
+        zero3 = self._trainer is not None and is_zero3(self.trainer.strategy)
+        if h.vit_lora_rank or h.llm_lora_rank:
+            if zero3:
+                raise ValueError(
+                    "LoRA adapters are not supported with ZeRO-3 (the adapters would be created after "
+                    "the weights were partitioned): use ZeRO-1/2, DDP or Fsdp2Strategy"
+                )
+            wrapped = add_vlm_lora(
+                self.model, h.vit_lora_rank, h.llm_lora_rank, h.lora_alpha, h.lora_dropout, h.seed
+            )
+            rank_zero_info(f"LoRA adapters (layers wrapped): {wrapped}")
         parts = [self.model.model.vision_tower] if h.gradient_checkpointing_vit else []
         parts += [self.model.model.language_model] if h.gradient_checkpointing_llm else []
         for part in parts:
@@ -116,7 +137,7 @@ class InternVLChat(L.LightningModule):
                 cb.apply(self.model)
         self._flops = FlopsModel.from_model(self.model)
         if h.compile_blocks:  # inside the checkpoints, before FSDP2 shards the blocks
-            if self._trainer is not None and is_zero3(self.trainer.strategy):
+            if zero3:
                 raise ValueError(
                     "compile_blocks does not work with ZeRO-3 (its parameter-gathering hooks run inside "
                     "every block): use ZeRO-1/2, DDP or Fsdp2Strategy, or compile_blocks=false"
