@@ -51,13 +51,13 @@ for entry in (str(ROOT / "src"), str(ROOT)):
 import torch  # noqa: E402
 from transformers import InternVLForConditionalGeneration  # noqa: E402
 
-import internvl_lightning.model.forward as vlm_forward  # noqa: E402
 from benchmarks.common import machine_info  # noqa: E402
 from internvl_lightning.data.collate import PackingCollator  # noqa: E402
 from internvl_lightning.data.length_mix import realistic_length_mix  # noqa: E402
 from internvl_lightning.data.packing import EncodedSample, Packer  # noqa: E402
 from internvl_lightning.model.checkpointing import enable_activation_checkpointing  # noqa: E402
 from internvl_lightning.model.compile import compile_blocks  # noqa: E402
+from internvl_lightning.model.forward import vlm_hidden_states  # noqa: E402
 from internvl_lightning.model.presets import (  # noqa: E402
     LLM_PRESETS,
     VISION_PRESETS,
@@ -80,26 +80,6 @@ STAGES = ("stage1", "stage2")
 TOKENS, TILES, BUFFER = 16384, 48, 20
 LOSS_CHUNK = 4096
 TARGET_MFU = 0.40
-
-
-# ---- compatibility with the GPU machine's transformers (5.17 there, 5.24 here) -------------------
-def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``model/forward.py::image_features`` for transformers versions whose ``get_image_features``
-    returns the tensor itself (older) or an output with ``pooler_output`` (newer)."""
-    cfg = model.config
-    kwargs = dict(
-        pixel_values=pixel_values,
-        vision_feature_layer=cfg.vision_feature_layer,
-        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-    )
-    try:
-        out = model.model.get_image_features(**kwargs, return_dict=True)
-    except TypeError:
-        out = model.model.get_image_features(**kwargs)
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-vlm_forward.image_features = _image_features  # vlm_hidden_states looks it up at call time
 
 
 def best_attention(device: torch.device, wanted: str) -> str:
@@ -205,7 +185,7 @@ def train_steps(model, opt, packs: list[dict], device: torch.device, precision: 
         sync(device)
         t0 = time.perf_counter()
         with autocast:
-            hidden = vlm_forward.vlm_hidden_states(
+            hidden = vlm_hidden_states(
                 model, b["input_ids"], b["position_ids"], b["pixel_values"], b["image_flags"]
             )
             loss, _ = weighted_loss(hidden, model.lm_head, b["labels"], b["loss_weight"], None, LOSS_CHUNK)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import InternVLForConditionalGeneration
 
+from internvl_lightning.model.checkpointing import enable_activation_checkpointing
 from internvl_lightning.model.compile import compile_blocks, transformer_blocks
 from internvl_lightning.model.forward import vlm_hidden_states
 from internvl_lightning.model.presets import VLM_PRESETS, tokens_per_tile, vlm_config
@@ -66,9 +67,7 @@ def test_compiled_blocks_match_eager_under_checkpointing():
     eager = tiny_model().train()
     compiled = copy.deepcopy(eager)
     for model in (eager, compiled):  # the recommended 16k setting: checkpointed ViT blocks
-        model.model.vision_tower.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable_activation_checkpointing(model.model.vision_tower)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert compile_blocks(compiled) == 4
     # Two tile counts: the second one recompiles the ViT block with a dynamic tile dimension.

@@ -19,13 +19,16 @@ from transformers import InternVLForConditionalGeneration
 def image_features(model: InternVLForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
     """(N_tiles, 3, S, S) -> (N_tiles, tokens_per_tile, D_llm) through ViT, pixel shuffle and projector."""
     cfg = model.config
-    out = model.model.get_image_features(
+    kwargs = dict(
         pixel_values=pixel_values,
         vision_feature_layer=cfg.vision_feature_layer,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        return_dict=True,
     )
-    return out.pooler_output
+    try:  # transformers >= 5.2x: an output object, whose pooler_output holds the features
+        out = model.model.get_image_features(**kwargs, return_dict=True)
+    except TypeError:  # earlier 5.x: no return_dict, the features tensor itself
+        out = model.model.get_image_features(**kwargs)
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def vlm_hidden_states(
