@@ -220,3 +220,18 @@ def test_flex_attention_is_for_the_llm_only(tiny_components, tmp_path):
         assert model.model.vision_tower.config._attn_implementation == "sdpa"
     preset = build_model(preset="tiny", attn_implementation="flex_attention")
     assert preset.model.vision_tower.config._attn_implementation == "sdpa"
+
+
+def test_random_projector_ignores_the_default_device():
+    """Lightning builds under `torch.device(<accelerator>)`; the seeded projector must still be drawn
+    on the CPU (same values on every device) and leave the global RNG alone."""
+    from internvl_lightning.model.build import _random_projector
+
+    plain = _random_projector(64, 32, 0.5, seed=3)
+    state = torch.get_rng_state()
+    with torch.device("meta"):
+        scoped = _random_projector(64, 32, 0.5, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert plain.keys() == scoped.keys()
+    for k in plain:
+        assert scoped[k].device.type == "cpu" and torch.equal(plain[k], scoped[k]), k

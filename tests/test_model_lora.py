@@ -72,6 +72,17 @@ def test_fresh_adapters_change_nothing_and_only_they_train(base):
     assert layer.scaling == 2.0 and layer.lora_A.shape == (4, layer.base.in_features)  # alpha = 2r
 
 
+def test_adapters_are_the_same_under_a_default_device_context(base):
+    """Lightning builds models under `torch.device(<accelerator>)`: the adapters must still land
+    on the weights' device with the seeded values (a CUDA default device once broke the CPU draw)."""
+    plain, scoped = copy.deepcopy(base), copy.deepcopy(base)
+    add_vlm_lora(plain, 2, 2)
+    with torch.device("meta"):
+        add_vlm_lora(scoped, 2, 2)
+    for (name, a), (_, b) in zip(plain.named_parameters(), scoped.named_parameters()):
+        assert b.device == a.device and torch.equal(a, b), name
+
+
 def test_merged_weights_compute_what_the_adapters_compute(base):
     model = copy.deepcopy(base)
     add_lora(model.model.language_model, LLM_TARGETS, rank=2, dropout=0.0)

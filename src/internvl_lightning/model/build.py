@@ -145,16 +145,22 @@ def _random_projector(vision_hidden: int, text_hidden: int, downsample_ratio: fl
     building modules here would create ZeRO-3 parameters (and collectives) under ``zero.Init``.
     """
     d_in = vision_hidden * round(1 / downsample_ratio) ** 2
-    out = {"layer_norm.weight": torch.ones(d_in), "layer_norm.bias": torch.zeros(d_in)}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for name, fan_in, fan_out in (
-            ("linear_1", d_in, text_hidden),
-            ("linear_2", text_hidden, text_hidden),
-        ):
-            weight = nn.init.kaiming_uniform_(torch.empty(fan_out, fan_in), a=math.sqrt(5))
-            bound = 1 / math.sqrt(fan_in)
-            out[f"{name}.weight"], out[f"{name}.bias"] = weight, torch.empty(fan_out).uniform_(-bound, bound)
+    cpu = torch.device("cpu")  # also under Lightning's default-device context (the GPU): same values
+    out = {
+        "layer_norm.weight": torch.ones(d_in, device=cpu),
+        "layer_norm.bias": torch.zeros(d_in, device=cpu),
+    }
+    generator = torch.Generator().manual_seed(seed)  # leaves the global CPU and CUDA RNGs alone
+    for name, fan_in, fan_out in (
+        ("linear_1", d_in, text_hidden),
+        ("linear_2", text_hidden, text_hidden),
+    ):
+        weight = nn.init.kaiming_uniform_(
+            torch.empty(fan_out, fan_in, device=cpu), a=math.sqrt(5), generator=generator
+        )
+        bound = 1 / math.sqrt(fan_in)
+        bias = torch.empty(fan_out, device=cpu).uniform_(-bound, bound, generator=generator)
+        out[f"{name}.weight"], out[f"{name}.bias"] = weight, bias
     return out
 
 

@@ -39,7 +39,9 @@ class LoRALinear(torch.nn.Module):
         self.scaling = alpha / rank
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
         w = base.weight
-        a = torch.empty(rank, base.in_features, dtype=w.dtype)
+        # Drawn on the CPU with the CPU generator, then moved: Lightning builds models under a
+        # default-device context (the GPU), where a CPU generator cannot fill a tensor.
+        a = torch.empty(rank, base.in_features, dtype=w.dtype, device="cpu")
         # nn.Linear's default init (kaiming-uniform, a = sqrt(5)): bound 1 / sqrt(in_features).
         bound = 1 / math.sqrt(base.in_features)
         a.uniform_(-bound, bound, generator=generator)
