@@ -81,6 +81,7 @@ def load_partitioned(module: nn.Module, sd: Mapping[str, torch.Tensor] | None) -
         for name, buf in module.state_dict().items():
             if name in params:
                 continue
-            value = sd[name].to(buf.dtype) if rank0 else torch.empty_like(buf)  # type: ignore[index]
+            # On the buffer's device: NCCL broadcasts GPU tensors only, and files load on the CPU.
+            value = sd[name].to(buf.device, buf.dtype) if rank0 else torch.empty_like(buf)  # type: ignore[index]
             dist.broadcast(value, src=0)
             module.get_buffer(name).copy_(value)
