@@ -31,3 +31,30 @@ def test_quick_demo_runs_every_step(tmp_path):
     assert type(model).__name__ == "InternVLForConditionalGeneration"
     assert json.loads((out / "summary.json").read_text())["accuracy"] == result["accuracy"]
     assert torch.isfinite(next(model.parameters())).all()
+
+
+_ENCODE_CLIPS = """
+import hashlib, pathlib, sys, tempfile
+from internvl_lightning.demo.dataset import write_stage_data
+with tempfile.TemporaryDirectory() as d:
+    write_stage_data(pathlib.Path(d), 200, 200, 300, seed=0)  # the demo-quick mixtures (37 clips)
+    h = hashlib.md5()
+    for f in sorted(pathlib.Path(d).rglob("*.mp4")):
+        h.update(f.read_bytes())
+print(h.hexdigest())
+"""
+
+
+def test_demo_videos_are_the_same_bytes_in_every_process():
+    """The demo's clips must not depend on the process that encodes them (libx264's macroblock
+    tree once made about one demo run in three train stage 2 on different pixels)."""
+    import subprocess
+    import sys
+
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", _ENCODE_CLIPS], check=True, capture_output=True, text=True
+        ).stdout
+        for _ in range(5)
+    }
+    assert len(digests) == 1, digests
