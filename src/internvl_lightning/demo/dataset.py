@@ -161,9 +161,9 @@ class Writer:
                 continue
             path = self.root / f"{ds}.jsonl"
             path.write_text("\n".join(self.files[ds]) + "\n")
-            meta[ds] = {
-                "root": str(self.root),
-                "annotation": str(path),
+            meta[ds] = {  # relative to the meta file's directory (this root), as meta.py resolves them
+                "root": ".",
+                "annotation": path.name,
                 "repeat_time": 1,
                 "length": len(self.files[ds]),
             }
