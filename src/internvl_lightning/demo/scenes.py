@@ -113,8 +113,9 @@ def mp4_bytes(frames: list[Image.Image], fps: int = 8) -> bytes:
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
-            # x264's macroblock-tree rate control gave different bytes (and pixels off by 2 levels)
-            # in about one run of three for the same frames; without it the demo data repeat exactly.
+            # With x264's defaults, about one process in three encoded some of the same frames
+            # differently (decoded pixels off by 2 levels), so the demo's stage 2 differed between
+            # runs; without macroblock-tree rate control, on one thread, 14 of 14 processes agreed.
             stream.options = {"x264-params": "mbtree=0:threads=1"}
         for img in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):

@@ -5,8 +5,8 @@ graph serves all of them; the glue (image-token scatter, pixel shuffle, chunked 
 and free to vary. What compilation buys is fused element-wise work (norms, rotary embeddings,
 SwiGLU/GELU, residual adds, dtype casts) that otherwise reads and writes every activation once per
 op (measured gain: benchmarks/README.md, GPU figure). The first steps pay for compilation; a new
-number of tiles in a batch
-recompiles the ViT block once with dynamic shapes, after which no step recompiles.
+number of tiles in a batch recompiles the ViT block once with dynamic shapes, after which no step
+recompiles.
 """
 
 from __future__ import annotations

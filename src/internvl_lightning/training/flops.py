@@ -13,10 +13,10 @@ Frozen parts need fewer FLOPs, and MFU counts only what the step needs (recomput
 activation checkpointing is never counted). Per parameter and token, a part costs 2 (forward)
 + 2 (gradients of its inputs, needed inside a training part and wherever anything upstream
 trains: the LLM in stage 1 passes gradients down to the projector) + 2 (gradients of its
-weights, when the part trains). Attention
-has no weights: its forward is 4 * d * T^2 per layer and its backward 8 * d * T^2 whenever
-gradients pass through it. So stage 1 (projector only) costs the LLM 4N, the ViT 2N. A part
-counts as training when any of its parameters does.
+weights, when the part trains). Attention has no weights: its forward is 4 * d * T^2 per layer
+and its backward 8 * d * T^2 whenever gradients pass through it. So stage 1 (projector only)
+costs the LLM 4N and the ViT 2N. A part's weights count as training when any of its parameters
+other than LoRA adapters does; a part whose adapters alone train passes gradients (4N).
 """
 
 from __future__ import annotations
