@@ -21,24 +21,15 @@ from internvl_lightning.model.lora import (
     add_vlm_lora,
     merged_state_dict,
 )
-from internvl_lightning.model.presets import tokens_per_tile
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.module import InternVLChat
 from internvl_lightning.training.strategy import ZeroStrategy
+from test_export import _inputs
 from test_module import make_sample
 
 
-def _inputs(model, tiles: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    per_tile = tokens_per_tile(cfg.vision_config, cfg.downsample_ratio)
-    text = torch.randint(5, cfg.image_token_id - 2, (12,), generator=g)
-    ids = torch.cat([text[:4], torch.full((tiles * per_tile,), cfg.image_token_id), text[4:]])[None]
-    size = cfg.vision_config.image_size[0]
-    return ids, torch.randn(tiles, 3, size, size, generator=g)
-
-
 def _logits(model, ids, pixels):
+    """Eval mode first: a new adapter's dropout starts in training mode whatever its parent's mode."""
     with torch.no_grad():
         return model.eval()(input_ids=ids, pixel_values=pixels).logits
 
