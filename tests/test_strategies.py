@@ -110,3 +110,19 @@ def test_accumulation_is_exact_on_two_processes(strategy, tiny_components, shard
     for rank in range(2):
         res = json.loads((tmp_path / f"accumulate-rank{rank}.json").read_text())
         assert res["accumulated"] == pytest.approx(res["combined"], rel=1e-4), (strategy, rank, res)
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "fsdp2"])
+def test_lora_on_two_processes(strategy, tiny_components, shards, tmp_path):
+    """LoRA under DeepSpeed and FSDP2: adapters train and agree across ranks, base weights do not
+    move, and the stage output holds the merged weights."""
+    vision, llm = tiny_components
+    launch("fit_lora.py", [strategy, str(vision), str(llm), str(shards), str(tmp_path)], tmp_path)
+    ranks = [json.loads((tmp_path / f"lora-rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == {
+        "adapters_moved": True,
+        "base_unchanged": True,
+        "export_is_merged": True,
+        "ranks_equal": True,
+    }
+    assert ranks[1] == {"adapters_moved": True, "base_unchanged": True, "ranks_equal": True}

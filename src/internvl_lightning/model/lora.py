@@ -54,12 +54,15 @@ class LoRALinear(torch.nn.Module):
 
     def merged_weight(self) -> torch.Tensor:
         """``W + (alpha / r) B A``, computed in fp32 and returned in the base weight's dtype."""
-        w = self.base.weight
-        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
-        return (w.float() + delta).to(w.dtype)
+        return _merge(self.base.weight, self.lora_A, self.lora_B, self.scaling)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}"
+
+
+def _merge(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``W + scaling * B A`` (w (out, in), a (r, in), b (out, r)) in fp32, returned in w's dtype."""
+    return (w.detach().float() + (b.detach().float() @ a.detach().float()) * scaling).to(w.dtype)
 
 
 def add_lora(
@@ -118,19 +121,31 @@ def freeze_all_but_adapters(part: torch.nn.Module) -> None:
         p.requires_grad_(name.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX))
 
 
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with every adapter folded into its base layer under the base layer's
-    own names (``...q_proj.weight``, ``...q_proj.bias``): the layout of the unadapted model."""
-    wrappers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    state = {}
-    for key, value in model.state_dict().items():
+def adapter_scalings(model: torch.nn.Module) -> dict[str, float]:
+    """{module name: alpha / r} of every adapted layer (names as in ``model.state_dict()``)."""
+    return {name: m.scaling for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def fold_adapters(state: dict[str, torch.Tensor], scalings: dict[str, float]) -> dict[str, torch.Tensor]:
+    """A state dict of an adapted model with every adapter folded into its base layer, under the
+    base layer's own names (``...q_proj.weight`` = ``W + (alpha / r) B A``, computed in fp32, in the
+    weight's dtype): the layout of the unadapted model. Works on gathered (full) state dicts too."""
+    out = {}
+    for key, value in state.items():
         owner, _, leaf = key.rpartition(".")
-        if owner in wrappers and leaf.startswith(ADAPTER_PREFIX):
+        if owner in scalings and leaf.startswith(ADAPTER_PREFIX):
             continue  # folded into the weight below
-        if owner.endswith(".base") and owner[: -len(".base")] in wrappers:
-            wrapper = owner[: -len(".base")]
+        wrapper = owner.removesuffix(".base")
+        if owner.endswith(".base") and wrapper in scalings:
             key = f"{wrapper}.{leaf}"
             if leaf == "weight":
-                value = wrappers[wrapper].merged_weight().detach()
-        state[key] = value
-    return state
+                value = _merge(
+                    value, state[f"{wrapper}.lora_A"], state[f"{wrapper}.lora_B"], scalings[wrapper]
+                )
+        out[key] = value
+    return out
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with the adapters folded in (:func:`fold_adapters`)."""
+    return fold_adapters({k: v.detach() for k, v in model.state_dict().items()}, adapter_scalings(model))

@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 
+from ..model.lora import adapter_scalings, fold_adapters
+
 # ZeRO-3 persistence threshold per model size in the reference configs (34b/70b: 1e5, 100b: 1e4).
 PERSISTENCE_THRESHOLD = {"default": int(1e7), "34b": int(1e5), "70b": int(1e5), "100b": int(1e4)}
 
@@ -293,6 +295,7 @@ def consolidated(trainer: L.Trainer, model) -> Iterator[Any]:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         plain = None
         if trainer.is_global_zero:
+            state = fold_adapters(state, adapter_scalings(model))  # LoRA: the plain copy has none
             with torch.device("meta"):
                 plain = type(model)._from_config(model.config)
             plain.load_state_dict(state, assign=True)
