@@ -30,7 +30,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import machine_info  # noqa: E402
-from benchmarks.gpu import make_packs  # noqa: E402
+from benchmarks.gpu import make_packs, pack_budget  # noqa: E402
 from internvl_lightning.model.presets import VLM_PRESETS  # noqa: E402
 from internvl_lightning.training.module import InternVLChat  # noqa: E402
 
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--deadline", type=float, default=100.0, help="seconds; later variants are skipped")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
-    packs = make_packs(VLM_PRESETS["tiny"], args.steps, 1024)  # 1,024 tokens / 48 tiles of 64 px
+    tiny = VLM_PRESETS["tiny"]
+    packs = make_packs(tiny, args.steps, pack_budget(tiny))  # 1,024 tokens / 48 tiles of 64 px
     results = []
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results") / "gpu_train_check.json"
     for name in args.variants:

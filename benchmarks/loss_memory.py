@@ -150,6 +150,18 @@ def project(run: dict, k: float, rows: int) -> dict:
     return {"fixed_bytes": fixed, "k": k, "rows": rows, "peak_bytes": fixed + k * rows * ROW_BYTES}
 
 
+def compare(tokens: int, chunk: int) -> tuple[dict, dict, float, float]:
+    """Both variants at ``tokens`` (the chunked one at ``chunk``): (full, chunked, |loss difference|,
+    largest gradient-probe difference)."""
+    full, full_grads = measure("full", tokens)
+    chunked, chunked_grads = measure("chunked", tokens, chunk)
+    loss_diff = abs(chunked["loss"] - full["loss"])
+    grad_diff = max(
+        float((chunked_grads[k] - full_grads[k]).abs().max()) for k in ("grad_hidden", "grad_weight_probe")
+    )
+    return full, chunked, loss_diff, grad_diff
+
+
 def run(quick: bool = False) -> dict:
     from .common import row
 
@@ -166,13 +178,8 @@ def run(quick: bool = False) -> dict:
     k_full = buffers_per_row(k_runs["full_a"], k_runs["full_b"])
     k_chunked = buffers_per_row(k_runs["chunked_a"], k_runs["chunked_b"])
     # the real shape: fixed parts, parity, time
-    full, full_grads = measure("full", tokens)
-    chunked, chunked_grads = measure("chunked", tokens, chunk)
+    full, chunked, loss_diff, grad_diff = compare(tokens, chunk)
     measured_ratio = chunked["peak_bytes"] / full["peak_bytes"]
-    loss_diff = abs(chunked["loss"] - full["loss"])
-    grad_diff = max(
-        float((chunked_grads[k] - full_grads[k]).abs().max()) for k in ("grad_hidden", "grad_weight_probe")
-    )
     full_16k = project(full, k_full, PRODUCTION_TOKENS)
     proj = {c: project(chunked, k_chunked, c) for c in (PRODUCTION_CHUNK, PRODUCTION_CHUNK // 2)}
     ratio = {c: p["peak_bytes"] / full_16k["peak_bytes"] for c, p in proj.items()}
@@ -240,13 +247,8 @@ def full_scale(tokens: int = PRODUCTION_TOKENS, chunk: int = PRODUCTION_CHUNK) -
     keeps to :func:`run`). Same workers, same peak definition."""
     from .common import row
 
-    full, full_grads = measure("full", tokens)
-    chunked, chunked_grads = measure("chunked", tokens, chunk)
+    full, chunked, loss_diff, grad_diff = compare(tokens, chunk)
     ratio = chunked["peak_bytes"] / full["peak_bytes"]
-    loss_diff = abs(chunked["loss"] - full["loss"])
-    grad_diff = max(
-        float((chunked_grads[k] - full_grads[k]).abs().max()) for k in ("grad_hidden", "grad_weight_probe")
-    )
     gib = 2**30
     return {
         "figure": "loss_memory_full_scale",

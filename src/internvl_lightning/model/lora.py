@@ -111,6 +111,11 @@ def add_vlm_lora(
     return wrapped
 
 
+def is_adapter(name: str) -> bool:
+    """Whether a parameter name (``...q_proj.lora_A``) is an adapter's."""
+    return name.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX)
+
+
 def has_adapters(module: torch.nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in module.modules())
 
@@ -118,7 +123,7 @@ def has_adapters(module: torch.nn.Module) -> bool:
 def freeze_all_but_adapters(part: torch.nn.Module) -> None:
     """In an adapted part only the adapters train."""
     for name, p in part.named_parameters():
-        p.requires_grad_(name.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX))
+        p.requires_grad_(is_adapter(name))
 
 
 def adapter_scalings(model: torch.nn.Module) -> dict[str, float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model.lora import is_adapter
 from ..model.presets import tokens_per_tile
 
 # Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
@@ -113,11 +114,9 @@ class FlopsModel:
 def trained_parts(model) -> dict:
     """Which parts of an `InternVLForConditionalGeneration` train now (keyword arguments of
     `FlopsModel.step_flops`): a part's weights train when any of its non-adapter parameters does."""
-    from ..model.lora import ADAPTER_PREFIX
 
     def flags(*modules) -> tuple[bool, bool]:  # (weights train, adapters train)
-        named = [(n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
-        adapter = [n.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX) for n, _ in named]
+        adapter = [is_adapter(n) for m in modules for n, p in m.named_parameters() if p.requires_grad]
         return (not all(adapter), any(adapter))
 
     inner = model.model

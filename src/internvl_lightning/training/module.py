@@ -92,6 +92,7 @@ class InternVLChat(L.LightningModule):
         self.model = None
         self.lm_head_scope = ParamScope()  # replaced in configure_model (see prepare_for_strategy)
         self._flops: FlopsModel | None = None
+        self._trained: dict = {}  # step_flops' keyword arguments: which parts train
         self._t_last: float | None = None
 
     # ---- model ---------------------------------------------------------------------------
@@ -136,6 +137,7 @@ class InternVLChat(L.LightningModule):
             if isinstance(cb, FreezeSchedule):
                 cb.apply(self.model)
         self._flops = FlopsModel.from_model(self.model)
+        self._trained = trained_parts(self.model)  # requires_grad is settled here, for the whole fit
         if h.compile_blocks:  # inside the checkpoints, before FSDP2 shards the blocks
             if zero3:
                 raise ValueError(
@@ -282,7 +284,6 @@ class InternVLChat(L.LightningModule):
             if peak and self._flops is not None and "sample_index" in batch:
                 sid = batch["sample_index"]
                 lengths = torch.bincount(sid[sid >= 0].flatten()).tolist()
-                parts = trained_parts(self.model)  # a FreezeSchedule may change them mid-run
-                flops = self._flops.step_flops(stats["real_tokens"], lengths, stats["tiles"], **parts)
+                flops = self._flops.step_flops(stats["real_tokens"], lengths, stats["tiles"], **self._trained)
                 self.log("train/mfu", flops / dt / peak, prog_bar=True, on_step=True, batch_size=1)
         self._t_last = now
