@@ -39,7 +39,8 @@ from internvl_lightning.data.memory import reuse_freed_memory
 from internvl_lightning.data.shard import shard_dataset
 from internvl_lightning.data.tiling import tile_grid
 from internvl_lightning.data.video import frame_indices
-from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
+from internvl_lightning.model.components import build_tokenizer
+from internvl_lightning.tokenizer import add_vlm_tokens
 
 from .common import REPO, TEST_IMAGES, median, print_result, row, save, timed
 

@@ -19,7 +19,8 @@ from internvl_lightning.data.length_mix import TOKENS_PER_TILE, realistic_length
 from internvl_lightning.data.packing import EncodedSample, Packer
 from internvl_lightning.model.build import build_model
 from internvl_lightning.model.components import write_components
-from internvl_lightning.model.presets import VISION_PRESETS, LLMPreset, VLMPreset, tokens_per_tile
+from internvl_lightning.model.config import tokens_per_tile
+from internvl_lightning.model.presets import VISION_PRESETS, LLMPreset, VLMPreset
 
 SMALL_LLM = LLMPreset(
     name="bench-small",

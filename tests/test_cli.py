@@ -1,4 +1,4 @@
-"""The stage recipes through the real CLI (LightningCLI, omegaconf) on tiny components."""
+"""The stage recipes through the real CLI (LightningCLI) on tiny components."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from datagen import write_dataset
 from internvl_lightning.cli import main
 from internvl_lightning.data.encode import EncodeConfig
 from internvl_lightning.data.shard import shard_dataset
-from internvl_lightning.export.load import load_lightning_checkpoint
-from internvl_lightning.model.build import load_pretrained_vlm, load_tokenizer
+from internvl_lightning.model.load import load_pretrained_vlm
+from internvl_lightning.tokenizer import load_tokenizer
+from internvl_lightning.training.checkpoint import load_lightning_checkpoint
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 
@@ -12,9 +11,10 @@ import pytest
 import torch
 
 from datagen import write_dataset
+from internvl_lightning.cli import main
 from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig
 from internvl_lightning.data.encode import EncodeConfig
-from internvl_lightning.data.preview import add_inspect_args, preview, run_inspect
+from internvl_lightning.data.preview import preview
 from internvl_lightning.data.shard import shard_dataset
 from test_resume import assert_same
 from test_stream import IMAGE_SIZE, TOKENS_PER_TILE, llm_dir, shard_dir, vlm_tokenizer  # noqa: F401
@@ -73,7 +73,7 @@ def test_one_epoch_from_the_shard_tool(tool_shards, llm_dir):  # noqa: F811
 
 
 def test_config_from_yaml():
-    parser = jsonargparse.ArgumentParser(parser_mode="omegaconf")
+    parser = jsonargparse.ArgumentParser()
     parser.add_class_arguments(InternVLDataModule, "data")
     yaml = """
     data:
@@ -158,13 +158,19 @@ def test_lightning_checkpoint_resumes_the_exact_batches(shard_dir, llm_dir, tmp_
 
 def test_preview_and_inspect_cli(tool_shards, llm_dir, capsys):  # noqa: F811
     out, _ = tool_shards
-    text = preview(out, str(llm_dir), n=2)
+    text = preview(out, str(llm_dir), num_samples=2)
     assert text.count("-- sample") == 2 and "[[" in text and "<IMG_CONTEXT>×" in text
     assert "cu_seqlens" in text and "token_fill=" in text and "position_ids restart at 0" in text
-    args = add_inspect_args(argparse.ArgumentParser()).parse_args(
-        ["--shards", str(out), "--tokenizer", str(llm_dir), "--max-packed-tokens", "4096"]
-    )
-    assert run_inspect(args) == 0
+    argv = [
+        "inspect",
+        "--shards",
+        str(out),
+        "--tokenizer",
+        str(llm_dir),
+        "--packing.max_packed_tokens",
+        "4096",
+    ]
+    assert main(argv) == 0
     assert "one batch: 1 pack(s)" in capsys.readouterr().out
 
 

@@ -11,8 +11,8 @@ from internvl_lightning.constants import IMG_END_TOKEN, IMG_START_TOKEN
 from internvl_lightning.data.tiling import tile_grid
 from internvl_lightning.demo.picture_words import CELL_EMPTY, PICTURE_TOKENS, cell_words, picture_text
 from internvl_lightning.demo.scenes import Scene, draw_scene
+from internvl_lightning.model.components import build_tokenizer
 from internvl_lightning.model.pixel_shuffle import pixel_shuffle
-from internvl_lightning.model.tokenizer import build_tokenizer
 
 SIZE, PATCH = 64, 8  # the demo's tiles: 8x8 patches -> 4x4 image tokens
 

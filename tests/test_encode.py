@@ -15,7 +15,8 @@ from internvl_lightning.data.encode import EncodeConfig, count_sample, encode_sa
 from internvl_lightning.data.image import load_image, normalize_tiles
 from internvl_lightning.data.schema import SampleTooLong
 from internvl_lightning.data.tiling import pixel_values, tile_grid
-from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
+from internvl_lightning.model.components import build_tokenizer
+from internvl_lightning.tokenizer import add_vlm_tokens
 
 S, TPT = 64, 16
 CFG = EncodeConfig(image_size=S, tokens_per_tile=TPT, min_num_frames=2, max_num_frames=4, max_length=2048)

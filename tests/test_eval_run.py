@@ -5,7 +5,6 @@ Random weights: these tests check that everything runs and is counted, never acc
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 
@@ -13,15 +12,8 @@ import pytest
 import torch
 
 from evalgen import write_mathvista, write_mmbench, write_mmmu_json, write_vqa
-from internvl_lightning.evaluation import (
-    add_evaluate_args,
-    evaluate,
-    generate_batch,
-    get_benchmark,
-    load_samples,
-    read_settings,
-    run_evaluate,
-)
+from internvl_lightning.cli import main
+from internvl_lightning.evaluation import evaluate, generate_batch, get_benchmark, load_samples, read_settings
 from internvl_lightning.evaluation.baselines import baseline_key, guess_size, lookup
 from internvl_lightning.evaluation.runner import predict
 from internvl_lightning.export import export_hf
@@ -78,7 +70,7 @@ def test_evaluate_end_to_end(model_dir, bench_files, tmp_path, benchmark):
 
 def test_batched_equals_one_by_one(model_dir, bench_files):
     """Left padding + concatenated tiles of different counts give the same answers as batch 1."""
-    from internvl_lightning.export.load import resolve_model
+    from internvl_lightning.model.load import load_vlm_and_tokenizer as resolve_model
 
     model, tok = resolve_model(model_dir)
     settings = read_settings(model_dir, model)
@@ -91,7 +83,7 @@ def test_batched_equals_one_by_one(model_dir, bench_files):
 
 
 def test_model_object_and_explicit_rank(model_dir, tiny_components, bench_files):
-    from internvl_lightning.export.load import resolve_model
+    from internvl_lightning.model.load import load_vlm_and_tokenizer as resolve_model
 
     model, _ = resolve_model(model_dir)
     result = evaluate(
@@ -107,7 +99,7 @@ def test_model_object_and_explicit_rank(model_dir, tiny_components, bench_files)
 
 
 def test_settings_from_original_layout_config(model_dir, tmp_path):
-    from internvl_lightning.export.load import resolve_model
+    from internvl_lightning.model.load import load_vlm_and_tokenizer as resolve_model
 
     model, _ = resolve_model(model_dir)
     (tmp_path / "config.json").write_text(json.dumps({"template": "Hermes-2", "max_dynamic_patch": 2}))
@@ -117,20 +109,16 @@ def test_settings_from_original_layout_config(model_dir, tmp_path):
 
 
 def result_tok(model_dir):
-    from internvl_lightning.model.build import load_tokenizer
+    from internvl_lightning.tokenizer import load_tokenizer
 
     return load_tokenizer(model_dir)
 
 
 def test_cli(model_dir, bench_files, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_evaluate_args(parser)
-    args = parser.parse_args(
-        ["--checkpoint", str(model_dir), "--benchmark", "mmbench", "--data", str(bench_files["mmbench"]),
-         "--limit", "2", "--max-new-tokens", str(TOKENS), "--out", str(tmp_path), "--baseline", "2b",
-         "--device", "cpu"]
-    )  # fmt: skip
-    assert run_evaluate(args) == 0
+    argv = ["evaluate", "--checkpoint", str(model_dir), "--benchmark", "mmbench", "--data", str(bench_files["mmbench"]),
+            "--limit", "2", "--max_new_tokens", str(TOKENS), "--out_dir", str(tmp_path), "--baseline", "2b",
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
     assert "InternVL2.5-2B (MMBench-EN)" in capsys.readouterr().out
     saved = json.loads((tmp_path / "mmbench_mmbench_dev_en.json").read_text())
     assert saved["num_samples"] == 2 and saved["settings"]["model"] == str(model_dir)

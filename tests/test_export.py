@@ -13,9 +13,11 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoPr
 
 from internvl_lightning.data.templates import render
 from internvl_lightning.data.tiling import pixel_values
-from internvl_lightning.export import export_hf, export_original, load_original
-from internvl_lightning.model.build import build_model, load_tokenizer
-from internvl_lightning.model.presets import tokens_per_tile
+from internvl_lightning.export import export_hf, export_original
+from internvl_lightning.model.build import build_model
+from internvl_lightning.model.config import tokens_per_tile
+from internvl_lightning.model.load import load_original
+from internvl_lightning.tokenizer import load_tokenizer
 
 ASSET = Path(__file__).parent / "assets" / "images" / "image1.jpg"
 

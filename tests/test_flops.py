@@ -15,9 +15,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import InternVLForConditionalGeneration
 
+from internvl_lightning.model.config import tokens_per_tile
 from internvl_lightning.model.forward import vlm_hidden_states
 from internvl_lightning.model.lora import LLM_TARGETS, VIT_TARGETS, add_lora
-from internvl_lightning.model.presets import VLM_PRESETS, tokens_per_tile, vlm_config
+from internvl_lightning.model.presets import VLM_PRESETS, vlm_config
 from internvl_lightning.training.flops import FlopsModel, trained_parts
 
 TRAINED = {  # stage -> parameter-name fragments that train
@@ -58,12 +59,12 @@ LORA = {  # case -> (ViT rank, LLM rank); the projector trains beside the adapte
     "llm lora": (0, 1),
 }
 EXPECTED_PARTS = {
-    "1": {"vit": False, "mlp": True, "llm": False, "adapters": ()},
-    "1.5": {"vit": True, "mlp": True, "llm": False, "adapters": ()},
-    "2": {"vit": True, "mlp": True, "llm": True, "adapters": ()},
-    "llm only": {"vit": False, "mlp": False, "llm": True, "adapters": ()},
-    "vit lora": {"vit": False, "mlp": True, "llm": False, "adapters": ("vit",)},
-    "llm lora": {"vit": False, "mlp": True, "llm": False, "adapters": ("llm",)},
+    "1": {"vision": False, "mlp": True, "llm": False, "adapters": ()},
+    "1.5": {"vision": True, "mlp": True, "llm": False, "adapters": ()},
+    "2": {"vision": True, "mlp": True, "llm": True, "adapters": ()},
+    "llm only": {"vision": False, "mlp": False, "llm": True, "adapters": ()},
+    "vit lora": {"vision": False, "mlp": True, "llm": False, "adapters": ("vision",)},
+    "llm lora": {"vision": False, "mlp": True, "llm": False, "adapters": ("llm",)},
 }
 
 
@@ -97,9 +98,9 @@ def test_frozen_parts_cost_less_and_default_is_stage_2(tiny):
     fm = FlopsModel.from_model(model)
     args = (2000, [1000, 1000], 12)
     full = fm.step_flops(*args)
-    assert full == fm.step_flops(*args, vit=True, mlp=True, llm=True)
-    stage1 = fm.step_flops(*args, vit=False, mlp=True, llm=False)
-    stage15 = fm.step_flops(*args, vit=True, mlp=True, llm=False)
+    assert full == fm.step_flops(*args, vision=True, mlp=True, llm=True)
+    stage1 = fm.step_flops(*args, vision=False, mlp=True, llm=False)
+    stage15 = fm.step_flops(*args, vision=True, mlp=True, llm=False)
     assert stage1 < stage15 < full
     # Stage 1: ViT forward only (1/3 of its training cost), LLM dense terms 4N instead of 6N.
     v = fm.vit_tokens_per_tile

@@ -17,9 +17,11 @@ from transformers import (
 )
 
 from internvl_lightning.constants import IMG_CONTEXT_TOKEN
-from internvl_lightning.model import build_model, load_tokenizer, pixel_shuffle, write_components
-from internvl_lightning.model.convert import convert_llm_dir, convert_vision_dir, read_weights
+from internvl_lightning.model import build_model, pixel_shuffle, write_components
+from internvl_lightning.model.components import convert_llm_dir, convert_vision_dir
+from internvl_lightning.model.load import read_weights
 from internvl_lightning.model.presets import LLM_PRESETS, get_preset
+from internvl_lightning.tokenizer import load_tokenizer
 
 TILES = 2
 
@@ -222,15 +224,15 @@ def test_flex_attention_is_for_the_llm_only(tiny_components, tmp_path):
     assert preset.model.vision_tower.config._attn_implementation == "sdpa"
 
 
-def test_random_projector_ignores_the_default_device():
+def testrandom_projector_ignores_the_default_device():
     """Lightning builds under `torch.device(<accelerator>)`; the seeded projector must still be drawn
     on the CPU (same values on every device) and leave the global RNG alone."""
-    from internvl_lightning.model.build import _random_projector
+    from internvl_lightning.model.build import random_projector
 
-    plain = _random_projector(64, 32, 0.5, seed=3)
+    plain = random_projector(64, 32, 0.5, seed=3)
     state = torch.get_rng_state()
     with torch.device("meta"):
-        scoped = _random_projector(64, 32, 0.5, seed=3)
+        scoped = random_projector(64, 32, 0.5, seed=3)
     assert torch.equal(torch.get_rng_state(), state)
     assert plain.keys() == scoped.keys()
     for k in plain:

@@ -11,8 +11,9 @@ from transformers import InternVLForConditionalGeneration
 
 from internvl_lightning.model.checkpointing import enable_activation_checkpointing
 from internvl_lightning.model.compile import compile_blocks, transformer_blocks
+from internvl_lightning.model.config import tokens_per_tile
 from internvl_lightning.model.forward import vlm_hidden_states
-from internvl_lightning.model.presets import VLM_PRESETS, tokens_per_tile, vlm_config
+from internvl_lightning.model.presets import VLM_PRESETS, vlm_config
 from internvl_lightning.training.loss import weighted_loss
 from internvl_lightning.training.module import InternVLChat
 from internvl_lightning.training.strategy import ZeroStrategy

@@ -4,8 +4,8 @@ import json
 
 from safetensors.torch import load_file
 
+from internvl_lightning.cli import main
 from internvl_lightning.model import write_components
-from internvl_lightning.model.components import main as components_main
 
 
 def test_directories_look_downloaded(tiny_components, tiny_components_original):
@@ -26,7 +26,7 @@ def test_directories_look_downloaded(tiny_components, tiny_components_original):
 
 
 def test_deterministic_and_cli(tiny_components, tmp_path, capsys):
-    assert components_main(["--preset", "tiny", "--out", str(tmp_path / "cli")]) == 0
+    assert main(["components", "--preset", "tiny", "--out_dir", str(tmp_path / "cli")]) == 0
     vision_dir, llm_dir = tmp_path / "cli" / "vision", tmp_path / "cli" / "llm"
     assert "vision:" in capsys.readouterr().out
     for ours, theirs in ((vision_dir, tiny_components[0]), (llm_dir, tiny_components[1])):

@@ -15,19 +15,15 @@ from transformers import InternVLVisionModel
 from internvl_lightning.model import build_model
 from internvl_lightning.model.components import write_vision
 from internvl_lightning.model.convert import (
-    detect_llm_layout,
-    detect_vision_layout,
-    full_hf_to_original,
-    full_original_to_hf,
-    internlm2_config_from_llama,
     internlm2_to_llama,
     llama_config_from_internlm2,
     llama_to_internlm2,
-    read_weights,
     vision_config_from_original,
-    vision_config_to_original,
     vision_original_to_hf,
 )
+from internvl_lightning.model.families import llm_family, vision_family
+from internvl_lightning.model.layout import hf_to_original, original_to_hf
+from internvl_lightning.model.load import llm_family_of_dir, read_weights, vision_layout
 from internvl_lightning.model.presets import VISION_PRESETS
 
 
@@ -119,9 +115,9 @@ def test_internlm2_wqkv_split_matches_internlm2_semantics():
 
 
 def test_detect_layouts(tiny_components, tiny_components_original):
-    assert detect_vision_layout(tiny_components[0]) == "hf" and detect_llm_layout(tiny_components[1]) == "hf"
-    assert detect_vision_layout(tiny_components_original[0]) == "original"
-    assert detect_llm_layout(tiny_components_original[1]) == "internlm2"
+    assert vision_layout(tiny_components[0]) == "hf" and llm_family_of_dir(tiny_components[1]).native
+    assert vision_layout(tiny_components_original[0]) == "original"
+    assert llm_family_of_dir(tiny_components_original[1]).name == "internlm2"
     sd = read_weights(tiny_components_original[1])
     assert {"model.tok_embeddings.weight", "output.weight", "model.layers.0.attention.wqkv.weight"} <= set(sd)
     assert {"model.layers.0.feed_forward.w1.weight", "model.layers.0.attention_norm.weight"} <= set(sd)
@@ -134,7 +130,8 @@ def test_full_checkpoint_keys_round_trip(which, tiny_components, tiny_components
     arch = "qwen2" if which == "hf" else "internlm2"
     model = build_model(*comps)
     sd = model.state_dict()
-    orig = full_hf_to_original(sd, arch, num_heads=4, num_kv_heads=2)
+    family, text = llm_family(arch), model.config.text_config
+    orig = hf_to_original(sd, family, text)
     expected = {"vision_model.embeddings.class_embedding", "mlp1.0.weight", "mlp1.1.weight", "mlp1.3.bias"}
     expected |= {"vision_model.encoder.layers.1.attn.qkv.weight", "vision_model.encoder.layers.0.ls2"}
     if arch == "internlm2":
@@ -143,7 +140,7 @@ def test_full_checkpoint_keys_round_trip(which, tiny_components, tiny_components
         expected |= {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"}
     assert expected <= set(orig)
     assert not any(k.startswith("model.") for k in orig)
-    back = full_original_to_hf(orig, arch, num_heads=4, num_kv_heads=2)
+    back = original_to_hf(orig, family, text)
     assert set(back) == set(sd)
     assert all(torch.equal(back[k], sd[k]) for k in sd)
 
@@ -171,7 +168,7 @@ def test_config_translation():
         1e-5,
     )
     assert llama.rope_parameters == {"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}
-    assert internlm2_config_from_llama(llama)["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
+    assert llm_family("internlm2").own_config(llama)["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
     # shaped like InternViT-6B-448px-V1-5's config.json (norm_type absent -> the class default rms_norm)
     vit = {
         "architectures": ["InternVisionModel"],
@@ -193,5 +190,5 @@ def test_config_translation():
         True,
     )
     assert hf.image_size == (448, 448) and hf.layer_scale_init_value == 0.1 and hf.drop_path_rate == 0.1
-    back = vision_config_to_original(hf)
+    back = vision_family().own_config(hf)
     assert {k: back[k] for k in vit} == vit

@@ -6,8 +6,8 @@ import shutil
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from internvl_lightning.cli import main
 from internvl_lightning.model import build_model, write_components
-from internvl_lightning.model.components import main as components_main
 
 
 def _copy(src, dst):
@@ -84,7 +84,7 @@ def test_unsupported_architectures(tiny_components, tmp_path):
 
 
 def test_bad_layout_requests(tmp_path):
-    with pytest.raises(ValueError, match="cannot be written in the InternLM2 layout"):
+    with pytest.raises(ValueError, match="(?i)cannot be written in the internlm2 layout"):
         write_components("tiny", tmp_path, llm_layout="internlm2")
     with pytest.raises(SystemExit):
-        components_main(["--out", str(tmp_path), "--vision-layout", "nope"])
+        main(["components", "--out_dir", str(tmp_path), "--vision_layout", "nope"])

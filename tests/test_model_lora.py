@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from internvl_lightning.data.collate import PackingCollator
-from internvl_lightning.export import export_hf, export_original, load_original
-from internvl_lightning.export.load import load_lightning_checkpoint
-from internvl_lightning.model.build import build_model, load_tokenizer
+from internvl_lightning.export import export_hf, export_original
+from internvl_lightning.model.build import build_model
+from internvl_lightning.model.load import load_original
 from internvl_lightning.model.lora import (
     LLM_TARGETS,
     LoRALinear,
@@ -21,6 +21,8 @@ from internvl_lightning.model.lora import (
     add_vlm_lora,
     merged_state_dict,
 )
+from internvl_lightning.tokenizer import load_tokenizer
+from internvl_lightning.training.checkpoint import load_lightning_checkpoint
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.module import InternVLChat
 from internvl_lightning.training.strategy import ZeroStrategy
@@ -52,7 +54,7 @@ def test_fresh_adapters_change_nothing_and_only_they_train(base):
     model = copy.deepcopy(base)
     ids, pixels = _inputs(model)
     before = _logits(model, ids, pixels)
-    assert add_vlm_lora(model, vit_rank=4, llm_rank=4) == {"vit": 2 * 6, "llm": 2 * 7}  # 2 layers each
+    assert add_vlm_lora(model, vit_rank=4, llm_rank=4) == {"vision": 2 * 6, "llm": 2 * 7}  # 2 layers each
     assert torch.equal(_logits(model, ids, pixels), before)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(

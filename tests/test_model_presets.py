@@ -19,11 +19,11 @@ def test_published_parameter_counts():
     for name in ("1b", "2b", "4b", "8b", "26b", "38b", "78b"):
         counts = parameter_counts(meta_model(name))
         rows.append(
-            f"{name:>4} {counts['vision']:>14,} {counts['projector']:>12,} {counts['llm']:>16,} {counts['total']:>16,}"
+            f"{name:>4} {counts['vision']:>14,} {counts['mlp']:>12,} {counts['llm']:>16,} {counts['total']:>16,}"
         )
         if name in PUBLISHED:
             assert counts["total"] == PUBLISHED[name], name
-        assert counts["total"] == counts["vision"] + counts["projector"] + counts["llm"]
+        assert counts["total"] == counts["vision"] + counts["mlp"] + counts["llm"]
     print("\npreset         vision    projector              LLM            total\n" + "\n".join(rows))
 
 

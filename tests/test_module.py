@@ -9,7 +9,7 @@ import torch
 from internvl_lightning.data.accumulate import StepWindow
 from internvl_lightning.data.collate import PackingCollator
 from internvl_lightning.data.packing import EncodedSample
-from internvl_lightning.model.presets import tokens_per_tile
+from internvl_lightning.model.config import tokens_per_tile
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.loss import weighted_loss
 from internvl_lightning.training.module import InternVLChat

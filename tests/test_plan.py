@@ -25,7 +25,7 @@ def test_parameter_counts_equal_presets(plans, size, total):
     p = plans[size]
     assert {k: t + f for k, (t, f) in p.params.items()} == {
         "vision": counts["vision"],
-        "mlp": counts["projector"],
+        "mlp": counts["mlp"],
         "llm": counts["llm"],
     }
     assert p.total_params == counts["total"] == total  # published InternVL2.5 sizes (DESIGN.md)
@@ -127,7 +127,7 @@ def test_days_match_hand_calculation(plans):
     n_llm = counts["llm"] - vocab * pr.llm.hidden_size  # non-embedding (the untied head counts)
     llm = 6 * n_llm * 16384 + 12 * 32 * 4096 * 4 * 4096**2
     vit = 48 * (6 * counts["vision"] * 1025 + 12 * 24 * 1024 * 1025**2)
-    mlp = 48 * 6 * counts["projector"] * 256
+    mlp = 48 * 6 * counts["mlp"] * 256
     seconds = 512 * (llm + vit + mlp) / (512 * 989e12 * 0.4)
     days = 5500 * seconds / 86400
     p = plans["8b"]
@@ -147,7 +147,21 @@ def test_fit_verdicts(plans):
 
 def test_cli_prints_table_and_json(capsys):
     assert (
-        main(["plan", "--preset", "8b", "--stage", "2", "--gpus", "512", "--gpu-memory", "80", "--zero", "1"])
+        main(
+            [
+                "plan",
+                "--preset",
+                "8b",
+                "--stage",
+                "2",
+                "--gpus",
+                "512",
+                "--gpu_memory_gb",
+                "80",
+                "--zero",
+                "1",
+            ]
+        )
         == 0
     )
     out = capsys.readouterr().out

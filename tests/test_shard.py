@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tarfile
@@ -13,10 +12,12 @@ import pytest
 import webdataset as wds
 
 from datagen import write_dataset
+from internvl_lightning.cli import main
 from internvl_lightning.data.encode import EncodeConfig, encode_sample
-from internvl_lightning.data.shard import ShardFailed, add_shard_args, parse_size, run_shard, shard_dataset
+from internvl_lightning.data.shard import ShardFailed, parse_size, shard_dataset
 from internvl_lightning.data.sources import read_shard_samples
-from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
+from internvl_lightning.model.components import build_tokenizer
+from internvl_lightning.tokenizer import add_vlm_tokens
 
 # min == max frames: a video's encoded length is then exactly the shard tool's (max-frames) count
 CFG = EncodeConfig(image_size=64, tokens_per_tile=16, min_num_frames=4, max_num_frames=4, max_length=1024)
@@ -106,18 +107,18 @@ def test_cli(data, tok_dir, tmp_path, capsys):
         argv = [
             "--tokenizer",
             str(tok_dir),
-            "--image-size",
+            "--encode.image_size",
             "64",
-            "--tokens-per-tile",
+            "--encode.tokens_per_tile",
             "16",
-            "--max-length",
+            "--encode.max_length",
             "1024",
         ]
-        return run_shard(add_shard_args(argparse.ArgumentParser()).parse_args([*argv, "--quiet", *extra]))
+        return main(["shard", *argv, "--progress=false", *extra])
 
     assert run("--meta", str(data.meta), "--out", str(tmp_path / "s"), "--strict") == 1
     assert "single.jsonl:2" in capsys.readouterr().err
-    assert run("--meta", str(data.meta), "--out", str(tmp_path / "ok"), "--shard-size", "1MB") == 0
+    assert run("--meta", str(data.meta), "--out", str(tmp_path / "ok"), "--shard_size", "1MB") == 0
     assert json.loads((tmp_path / "ok" / "index.json").read_text())["datasets"]["single"]["num_samples"] == 6
     assert run("--meta", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")) == 2
     assert "nope.json" in capsys.readouterr().err

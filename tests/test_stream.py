@@ -33,7 +33,8 @@ from internvl_lightning.data.sources import (
     split_name,
 )
 from internvl_lightning.data.stream import PackedStream, ShardEncoder, plan_units
-from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
+from internvl_lightning.model.components import build_tokenizer
+from internvl_lightning.tokenizer import add_vlm_tokens
 
 IMAGE_SIZE, TOKENS_PER_TILE = 64, 16
 

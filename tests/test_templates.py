@@ -15,7 +15,8 @@ from internvl_lightning.data.templates import (
     render_with_labels,
     tokenize,
 )
-from internvl_lightning.model.tokenizer import add_vlm_tokens, build_tokenizer
+from internvl_lightning.model.components import build_tokenizer
+from internvl_lightning.tokenizer import add_vlm_tokens
 
 SYS_VL = TEMPLATES["internvl2_5"].system_message
 SYS_LM = TEMPLATES["Hermes-2"].system_message

@@ -20,7 +20,7 @@ import torch.distributed as dist  # noqa: E402
 from fit_strategy import make_strategy  # noqa: E402
 from tiny_data import tiny_datamodule  # noqa: E402
 
-from internvl_lightning.model.build import load_pretrained_vlm  # noqa: E402
+from internvl_lightning.model.load import load_pretrained_vlm  # noqa: E402
 from internvl_lightning.model.lora import adapter_scalings, fold_adapters  # noqa: E402
 from internvl_lightning.training.freeze import FreezeSchedule  # noqa: E402
 from internvl_lightning.training.module import InternVLChat  # noqa: E402

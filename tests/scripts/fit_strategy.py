@@ -29,7 +29,8 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 from tiny_data import tiny_datamodule  # noqa: E402
 
 from fake_gpu import CpuZeroStrategy  # noqa: E402
-from internvl_lightning.model.build import build_model, load_pretrained_vlm  # noqa: E402
+from internvl_lightning.model.build import build_model  # noqa: E402
+from internvl_lightning.model.load import load_pretrained_vlm  # noqa: E402
 from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState  # noqa: E402
 from internvl_lightning.training.fault import NonFiniteGuard  # noqa: E402
 from internvl_lightning.training.freeze import FreezeSchedule  # noqa: E402

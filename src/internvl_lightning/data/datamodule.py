@@ -18,11 +18,10 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..model.tokenizer import add_vlm_tokens
+from ..tokenizer import load_tokenizer
 from .accumulate import StepWindow
 from .collate import PackingCollator
 from .encode import EncodeConfig
-from .shard import load_tokenizer
 from .sources import DatasetSource, ShardInfo, expand_urls, load_index
 from .stream import STATE_KEY, PackedStream, ResumableLoader, ShardEncoder
 
@@ -31,16 +30,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackingConfig:
-    """Packer budgets (reference §4.2; InternVL2.5 scripts: 16384 / 48 / 20) and the loss reduction."""
+    """Packer budgets (InternVL2.5's scripts: 16384 / 48 / 20) and the loss reduction."""
 
     max_packed_tokens: int = 16384
+    """Token budget of one pack."""
     num_images_expected: int = 48
+    """Tile budget of one pack."""
     max_buffer_size: int = 20
+    """Samples the packer holds while looking for a fit."""
     algorithm: Literal["greedy", "reference"] = "greedy"
+    """``greedy`` (fuller packs) or ``reference`` (InternVL's own algorithm)."""
     loss_reduction: Literal["token", "sample", "square"] = "square"
+    """Per-token loss weights: every token alike, every sample alike, or 1/sqrt(tokens) (InternVL2.5)."""
     strict_mode: bool = False
+    """Pad every pack's tiles to ``num_images_expected`` with dummy tiles (the reference's strict mode)."""
     allow_overflow: bool = False
+    """``reference`` only: once half the buffer is in use, a pack may overflow the token budget."""
     pad_to_budget: bool = False
+    """Pad every batch to ``max_packed_tokens`` (fixed shapes)."""
 
 
 @dataclass(frozen=True)
@@ -187,10 +194,7 @@ class InternVLDataModule(pl.LightningDataModule):
     def _load_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError("InternVLDataModule needs tokenizer (the LLM directory)")
-        if isinstance(self.tokenizer, str | os.PathLike):
-            return load_tokenizer(self.tokenizer)
-        add_vlm_tokens(self.tokenizer)  # a tokenizer object (notebooks, tests)
-        return self.tokenizer
+        return load_tokenizer(self.tokenizer)  # a directory, or a tokenizer object (notebooks, tests)
 
     def _check_headers(self, headers: list[dict]) -> None:
         """Warn when shards were counted with other settings (their stored counts then differ)."""

@@ -39,17 +39,29 @@ class EncodeConfig:
     """How samples become tiles and tokens; per-dataset overrides are applied with ``dataclasses.replace``."""
 
     template: str = "internvl2_5"
+    """Chat template (``templates.py``) the conversations are rendered with."""
     image_size: int = 448
+    """Tile side in pixels (the vision encoder's input size)."""
     tokens_per_tile: int = 256
+    """``<IMG_CONTEXT>`` tokens one tile becomes (256 for InternViT at 448 px after pixel shuffle)."""
     min_dynamic_patch: int = 1
+    """Fewest tiles per image."""
     max_dynamic_patch: int = 12
+    """Most tiles per image (a meta file's dataset may set its own)."""
     use_thumbnail: bool = True
+    """Add a whole-image thumbnail tile to multi-tile images."""
     normalization: str = "imagenet"
+    """Pixel mean/std: ``imagenet``, ``clip`` or ``siglip``."""
     data_augment: bool = False
+    """JPEG-quality augmentation of training images (set per dataset by the meta file)."""
     min_num_frames: int = 8
+    """Fewest frames sampled from a video."""
     max_num_frames: int = 32
+    """Most frames sampled from a video (the shard tool counts videos at this many)."""
     video_sampling: str = "rand"
+    """Frame sampling: ``rand``, ``middle`` or ``fpsX``."""
     max_length: int = 16384
+    """Longest sample in tokens; longer ones are rejected."""
 
 
 def sample_where(record: Mapping, dataset: str) -> str:

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from pathlib import Path
 from typing import Any
 
 from ..constants import IGNORE_INDEX
+from ..tokenizer import TokenizerSource
 from .datamodule import InternVLDataModule, PackingConfig
 from .sources import load_index
 from .stream import STATE_KEY
@@ -53,12 +53,35 @@ def _runs(values: list[int], limit: int = 12) -> str:
     return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def preview(source: InternVLDataModule | str | Path, tokenizer: Any = None, n: int = 1) -> str:
-    """``n`` decoded samples (trained spans in ``[[...]]``, image runs as ``<IMG_CONTEXT>×N``) and one
-    packed batch (its samples, position restarts, cu_seqlens, fills) as text."""
-    dm = source if isinstance(source, InternVLDataModule) else datamodule_for(source, tokenizer)
+def preview(
+    shards: str | Path | InternVLDataModule,
+    tokenizer: TokenizerSource | None = None,
+    num_samples: int = 1,
+    packing: PackingConfig = PackingConfig(),
+    batch_size: int = 1,
+    seed: int = 0,
+) -> str:
+    """Show decoded samples and one packed batch of a shard dir as text.
+
+    Samples show their trained spans in ``[[...]]`` and image runs as ``<IMG_CONTEXT>×N``; the batch
+    shows its samples, position restarts, cu_seqlens and fills.
+
+    Args:
+        shards: shard directory with index.json (the shard tool's output), or a DataModule (then
+            the other settings are its own).
+        tokenizer: the LLM directory holding its tokenizer (or a tokenizer object).
+        num_samples: samples to show, in stream order.
+        packing: packer budgets of the batch.
+        batch_size: packs per batch.
+        seed: stream seed (shuffling).
+    """
+    if isinstance(shards, InternVLDataModule):
+        dm = shards
+    else:
+        dm = datamodule_for(shards, tokenizer, packing=packing, batch_size=batch_size, seed=seed)
     tok = dm.tokenizer_object
     stream = dm.build_stream()
+    n = num_samples
     out = [f"== {n} sample(s), in stream order (trained spans in [[...]])"]
     for i, s in enumerate(itertools.islice(stream.samples(), n)):
         out += [f"-- sample {i + 1}", _sample_text(s, tok)]
@@ -82,35 +105,3 @@ def preview(source: InternVLDataModule | str | Path, tokenizer: Any = None, n: i
         ),
     ]
     return "\n".join(out)
-
-
-def add_inspect_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``python -m internvl_lightning inspect``."""
-    d = PackingConfig()
-    parser.add_argument(
-        "--shards", required=True, help="shard directory with index.json (the shard tool's output)"
-    )
-    parser.add_argument("--tokenizer", required=True, help="LLM directory holding its tokenizer")
-    parser.add_argument(
-        "-n", "--num-samples", type=int, default=1, help="samples to show (default %(default)s)"
-    )
-    parser.add_argument("--max-packed-tokens", type=int, default=d.max_packed_tokens)
-    parser.add_argument("--num-images-expected", type=int, default=d.num_images_expected)
-    parser.add_argument("--max-buffer-size", type=int, default=d.max_buffer_size)
-    parser.add_argument("--batch-size", type=int, default=1, help="packs per batch (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    """Print the preview; 0 on success."""
-    packing = PackingConfig(
-        max_packed_tokens=args.max_packed_tokens,
-        num_images_expected=args.num_images_expected,
-        max_buffer_size=args.max_buffer_size,
-    )
-    dm = datamodule_for(
-        args.shards, args.tokenizer, packing=packing, batch_size=args.batch_size, seed=args.seed
-    )
-    print(preview(dm, n=args.num_samples))
-    return 0

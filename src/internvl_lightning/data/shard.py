@@ -20,8 +20,6 @@ process writes in line order. ``repeat_time`` is recorded, not applied (the stre
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import re
@@ -32,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..tokenizer import TokenizerSource, load_tokenizer, tokenizer_info
 from .encode import EncodeConfig
 from .meta import DatasetSpec, is_remote, load_meta
 from .schema import MalformedSample, SampleError, iter_jsonl
@@ -55,24 +54,6 @@ def parse_size(text: str | int) -> int:
     if size <= 0:
         raise ValueError(f"shard size must be positive, got {text!r}")
     return size
-
-
-def tokenizer_info(tokenizer) -> dict:
-    """Name (last path part) and a hash of the full vocabulary, added tokens included."""
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    name = Path(str(getattr(tokenizer, "name_or_path", "") or "tokenizer")).name
-    return {
-        "name": name,
-        "vocab_size": len(tokenizer),
-        "sha256": hashlib.sha256(vocab.encode()).hexdigest()[:16],
-    }
-
-
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
-    """The LLM's tokenizer with InternVL's special tokens added (as training will see it)."""
-    from ..model.tokenizer import load_with_vlm_tokens
-
-    return load_with_vlm_tokens(path, trust_remote_code, check_chat=False)[0]
 
 
 def _load_specs(meta_path: str | os.PathLike) -> list[DatasetSpec]:
@@ -112,34 +93,37 @@ def _settings(specs: Iterable[DatasetSpec], cfg: EncodeConfig) -> dict[str, tupl
 
 
 def shard_dataset(
-    meta_path: str | os.PathLike,
-    tokenizer,
-    out_dir: str | os.PathLike,
-    cfg: EncodeConfig | None = None,
+    meta: str | os.PathLike,
+    tokenizer: TokenizerSource,
+    out: str | os.PathLike,
+    encode: EncodeConfig = EncodeConfig(),
     shard_size: int | str = "1GB",
     workers: int = 1,
     strict: bool = False,
     progress: bool | None = None,
+    trust_remote_code: bool = False,
 ) -> ShardReport:
-    """Validate every sample of every dataset in ``meta_path`` and write shards, index and report.
+    """Validate an InternVL meta file + JSONL and write WebDataset shards, an index and a report.
 
-    ``tokenizer``: a tokenizer object or the LLM directory (VLM tokens are added either way).
-    ``strict``: raise :class:`ShardFailed` at the first bad sample (no index is written).
-    ``progress``: tqdm bars (None: only on a terminal).
+    Args:
+        meta: InternVL meta file (JSON: dataset name -> root, annotation, repeat_time, ...).
+        tokenizer: the LLM directory holding its tokenizer (or a tokenizer object); VLM tokens are added.
+        out: output directory (shards per dataset, index.json, report.json, report.txt).
+        encode: how samples become tiles and tokens (a meta file's dataset may set its own tile budget).
+        shard_size: target tar size (1GB, 500MB, 256MiB, or bytes).
+        workers: processes checking samples (the output is the same for any number).
+        strict: stop at the first bad sample with an error naming it (no index is written).
+        progress: progress bars (None: only on a terminal).
+        trust_remote_code: let the tokenizer run its own code (tokenization_*.py).
     """
-    cfg = cfg or EncodeConfig()
+    cfg = encode
     max_bytes = parse_size(shard_size)
-    specs = _load_specs(meta_path)
+    specs = _load_specs(meta)
     dirs = [_dataset_dir(s.name) for s in specs]
     if len(set(dirs)) != len(dirs):
         raise ValueError(f"dataset names collide once made file-system safe: {dirs}")
-    if isinstance(tokenizer, str | os.PathLike):
-        tokenizer = load_tokenizer(tokenizer)
-    else:
-        from ..model.tokenizer import add_vlm_tokens
-
-        add_vlm_tokens(tokenizer)
-    out = Path(out_dir)
+    tokenizer = load_tokenizer(tokenizer, trust_remote_code)  # VLM tokens added, as training sees it
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.json").unlink(missing_ok=True)  # a failed run must not look finished
     settings = _settings(specs, cfg)
@@ -192,76 +176,3 @@ def shard_dataset(
     (out / "report.txt").write_text(report.to_text(), encoding="utf-8")
     write_json(out / "index.json", index)
     return report
-
-
-def add_shard_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``python -m internvl_lightning shard``."""
-    d = EncodeConfig()
-    parser.add_argument(
-        "--meta", required=True, help="InternVL meta file (JSON: name -> root, annotation, ...)"
-    )
-    parser.add_argument("--tokenizer", required=True, help="LLM directory holding its tokenizer")
-    parser.add_argument("--template", default=d.template, help="chat template (default %(default)s)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--shard-size", default="1GB", help="target tar size (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, help="processes checking samples (default 1)")
-    parser.add_argument("--strict", action="store_true", help="stop with an error at the first bad sample")
-    parser.add_argument("--image-size", type=int, default=d.image_size)
-    parser.add_argument("--tokens-per-tile", type=int, default=d.tokens_per_tile)
-    parser.add_argument("--min-dynamic-patch", type=int, default=d.min_dynamic_patch)
-    parser.add_argument(
-        "--max-dynamic-patch",
-        type=int,
-        default=d.max_dynamic_patch,
-        help="tile budget per sample unless the meta file overrides it",
-    )
-    parser.add_argument("--no-thumbnail", action="store_true", help="tile without the thumbnail")
-    parser.add_argument(
-        "--max-num-frames",
-        type=int,
-        default=d.max_num_frames,
-        help="videos are counted at this many frames (an upper bound)",
-    )
-    parser.add_argument("--max-length", type=int, default=d.max_length, help="longer samples are rejected")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def run_shard(args: argparse.Namespace) -> int:
-    """Run the tool; 0 on success, 1 when ``--strict`` met a bad sample, 2 on a usage error."""
-    cfg = EncodeConfig(
-        template=args.template,
-        image_size=args.image_size,
-        tokens_per_tile=args.tokens_per_tile,
-        min_dynamic_patch=args.min_dynamic_patch,
-        max_dynamic_patch=args.max_dynamic_patch,
-        use_thumbnail=not args.no_thumbnail,
-        max_num_frames=args.max_num_frames,
-        max_length=args.max_length,
-    )
-    try:
-        tokenizer = load_tokenizer(args.tokenizer, args.trust_remote_code)
-        report = shard_dataset(
-            args.meta,
-            tokenizer,
-            args.out,
-            cfg,
-            args.shard_size,
-            args.workers,
-            args.strict,
-            progress=False if args.quiet else None,
-        )
-    except ShardFailed as e:
-        print(f"error: bad sample (--strict): {e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.to_text(details=False), end="")
-    print(f"wrote {args.out}/index.json; rejected samples are listed in {args.out}/report.txt")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_shard(add_shard_args(argparse.ArgumentParser(prog="shard")).parse_args()))

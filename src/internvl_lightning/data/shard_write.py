@@ -170,12 +170,19 @@ class ShardReport:
             lines += ["", "rejected samples:"] + [f"  [{r.dataset}] {r}" for r in self.rejected]
         return "\n".join(lines) + "\n"
 
+    def __str__(self) -> str:
+        return self.to_text(details=False) + (
+            f"wrote {self.out_dir}/index.json; rejected samples are listed in {self.out_dir}/report.txt"
+        )
+
 
 class ShardFailed(RuntimeError):
     """``strict`` mode met a bad sample (``rejection`` says which and why)."""
 
+    exit_code = 1  # the command's exit status: the data, not the call, is wrong
+
     def __init__(self, rejection: Rejection):
-        super().__init__(str(rejection))
+        super().__init__(f"bad sample (strict mode): {rejection}")
         self.rejection = rejection
 
 

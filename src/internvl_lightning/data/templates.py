@@ -41,6 +41,7 @@ from ..constants import (
     IMG_START_TOKEN,
     VIDEO_PLACEHOLDER,
 )
+from ..tokenizer import check_chat_tokens
 from .schema import InvalidSample, SampleTooLong, conversation_problem
 
 
@@ -235,8 +236,6 @@ def _tok_info(tokenizer, tpl: ChatTemplate) -> _TokInfo:
         _INFO[tokenizer] = per_tok
     if tpl.name in per_tok[1]:
         return per_tok[1][tpl.name]
-    from ..model.tokenizer import check_chat_tokens  # model/ imports nothing from data/
-
     check_chat_tokens(tokenizer, f"chat template {tpl.name!r}", tpl.markers)
     backend = getattr(tokenizer, "backend_tokenizer", None)
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
@@ -22,9 +21,10 @@ from pathlib import Path
 from ..data.encode import EncodeConfig
 from ..data.templates import get_template
 from ..model.components import write_llm, write_vision
-from ..model.presets import LLMPreset, VisionPreset, tokens_per_tile
+from ..model.config import tokens_per_tile
+from ..model.presets import LLMPreset, VisionPreset
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "demo"
+RECIPES = Path(__file__).resolve().parent / "recipes"  # package data: the demo's stage YAMLs
 
 # Small enough for a CPU, big enough to learn the task: 64-px tiles -> 16 tokens per tile.
 DEMO_VISION = VisionPreset(
@@ -32,7 +32,7 @@ DEMO_VISION = VisionPreset(
 )
 DEMO_LLM = LLMPreset("demo", "qwen2", 128, 4, 4, 2, 384, 1024, None, 1e4, True, 1e-6, 4096)
 STAGES = ("stage1", "stage1_5", "stage2")
-MAX_TILES = 6  # dynamic tiling limit of the demo data (conf/demo: data.max_dynamic_patch)
+MAX_TILES = 6  # dynamic tiling limit of the demo data (the demo recipes: data.max_dynamic_patch)
 
 
 def build_components(out: Path, quick: bool, seed: int) -> tuple[Path, Path]:
@@ -99,7 +99,7 @@ def pipeline_spec(run: Path, vision: Path, llm: Path, shards: dict[str, Path], s
         values["trainer.logger.init_args.save_dir"] = str(run / name)
         if name == "stage1":
             values.update({"model.vision": str(vision), "model.llm": str(llm)})
-        stages.append({"name": name, "config": str(CONF / f"{name}.yaml"), "set": values})
+        stages.append({"name": name, "config": str(RECIPES / f"{name}.yaml"), "set": values})
     return {"run_dir": str(run), "stages": stages, "export": {"hf": True}}
 
 
@@ -140,6 +140,13 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
+    """Build tiny components and data, train all stages on CPU, evaluate, export, summarise.
+
+    Args:
+        out: where components, data, runs and reports go.
+        quick: cut data and steps (for CI): shows the flow, not the learning.
+        seed: every random choice follows from it.
+    """
     from ..evaluation.runner import evaluate
     from ..training.pipeline import run_pipeline
 
@@ -160,7 +167,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
             accuracy[stage] = result.score / 100  # EvalResult scores are percentages
             print(f"[demo] held-out accuracy after {stage}: {result.score:.1f}% (chance 25%)")
 
-    outputs = run_pipeline(pipeline_spec(out / "run", vision, llm, shards, steps), on_stage_end=after)
+    outputs = run_pipeline(**pipeline_spec(out / "run", vision, llm, shards, steps), on_stage_end=after)
     curves, rows = {}, []
     for name in STAGES:
         losses, speeds = read_losses(out / "run" / name)
@@ -200,18 +207,16 @@ def _summary(rows, seconds: float, outputs: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def add_demo_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="where components, data, runs and reports go")
-    parser.add_argument(
-        "--quick", action="store_true", help="cut data and steps (for CI); shows the flow, not the learning"
-    )
-    parser.add_argument("--seed", type=int, default=0)
+def demo(**kwargs) -> int:
+    """Build tiny components and data, train all stages on CPU, evaluate, export, summarise.
 
-
-def run_demo_cli(args: argparse.Namespace) -> int:
-    result = run_demo(args.out, args.quick, args.seed)
+    Exit status 1 when a full run ends below its expected held-out accuracy (60%, and above stage 1).
+    """
+    result = run_demo(**kwargs)
     acc = result["accuracy"]
-    if not args.quick and (acc.get("stage2", 0) < 0.6 or acc.get("stage2", 0) <= acc.get("stage1", 0)):
+    if not kwargs.get("quick") and (
+        acc.get("stage2", 0) < 0.6 or acc.get("stage2", 0) <= acc.get("stage1", 0)
+    ):
         print("[demo] warning: stage 2 accuracy is below the expected 60% or not above stage 1")
         return 1
     return 0

@@ -1,23 +1,21 @@
 """Benchmark evaluation: MMBench, MMMU, MathVista and generic VQA files, scored against published baselines.
 
-``evaluate(checkpoint_or_model, benchmark, data, ...) -> EvalResult`` from Python;
-``python -m internvl_lightning evaluate ...`` from the shell (``add_evaluate_args`` / ``run_evaluate``).
+``evaluate(model_or_dir, benchmark, data, ...) -> EvalResult`` from Python; the ``evaluate`` command
+(``training/commands.py``) also takes a Lightning ``.ckpt`` and places the model on a device.
 """
 
 from .generate import EvalSettings, Request, generate_batch, read_settings
 from .result import EvalResult
-from .runner import BENCHMARKS, add_evaluate_args, evaluate, get_benchmark, load_samples, run_evaluate
+from .runner import BENCHMARKS, evaluate, get_benchmark, load_samples
 
 __all__ = [
     "BENCHMARKS",
     "EvalResult",
     "EvalSettings",
     "Request",
-    "add_evaluate_args",
     "evaluate",
     "generate_batch",
     "get_benchmark",
     "load_samples",
     "read_settings",
-    "run_evaluate",
 ]

@@ -8,7 +8,6 @@ concatenated in prompt order, which is the order of their ``<IMG_CONTEXT>`` runs
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,8 @@ from ..constants import ENDOFTEXT, IGNORE_INDEX, IM_END, IMAGE_PLACEHOLDER
 from ..data.image import load_image
 from ..data.templates import get_template, tokenize
 from ..data.tiling import pixel_values
-from ..model.presets import tokens_per_tile
+from ..model.config import tokens_per_tile, vision_geometry
+from ..model.record import read_training_record
 
 EVAL_MAX_NUM = 6  # tiles per image in InternVL's own evaluation scripts
 
@@ -53,17 +53,10 @@ def read_settings(
     carry ``template`` / ``max_dynamic_patch`` in ``config.json``. The tile budget is
     ``max_num`` if given, else 6 (InternVL's evaluation setting), never above what training used.
     """
-    info: dict[str, Any] = {}
-    if isinstance(source, str | Path) and Path(source).is_dir():
-        for name in ("internvl_lightning.json", "config.json"):
-            path = Path(source) / name
-            if path.is_file():
-                record = json.loads(path.read_text())
-                if name == "internvl_lightning.json" or "template" in record:
-                    info = record
-                    break
+    is_dir = isinstance(source, str | Path) and Path(source).is_dir()
+    info = read_training_record(source) if is_dir else {}
     vcfg = model.config.vision_config
-    size = vcfg.image_size[0] if isinstance(vcfg.image_size, list | tuple) else vcfg.image_size
+    size = vision_geometry(vcfg)[0]
     trained_max = int(info.get("max_dynamic_patch") or EVAL_MAX_NUM)
     return EvalSettings(
         template=template or info.get("template") or "internvl2_5",

@@ -31,6 +31,9 @@ class EvalResult:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, default=str)
 
+    def __str__(self) -> str:
+        return self.to_markdown()
+
     def to_markdown(self) -> str:
         """A summary table (ours vs published) and a per-category table."""
         b = self.baseline or {}

@@ -7,13 +7,14 @@ the same as on one rank. Only rank 0 writes the report files.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
+from transformers import InternVLForConditionalGeneration
 
+from ..model.load import load_vlm_and_tokenizer
+from ..tokenizer import TokenizerSource
 from . import baselines
 from .common import Benchmark, Sample, expand_paths, limit_groups
 from .generate import EvalSettings, generate_batch, read_settings
@@ -102,10 +103,10 @@ def predict(
 
 
 def evaluate(
-    checkpoint_or_model: Any,
+    model_or_dir: InternVLForConditionalGeneration | str | Path,
     benchmark: str,
     data: str | Path,
-    tokenizer: Any = None,
+    tokenizer: TokenizerSource | None = None,
     limit: int | None = None,
     *,
     batch_size: int = 8,
@@ -124,18 +125,37 @@ def evaluate(
     settings_source: Any = None,
     image_root: str | Path | None = None,
 ) -> EvalResult:
-    """Evaluate a model (object, HF-native/stage dir, original-layout dir or Lightning .ckpt).
+    """Score a model on a benchmark file, beside the published InternVL2.5 numbers.
 
-    ``baseline``: "auto" guesses the published size from the parameter count, a size ("8b")
-    picks it, None/"none" shows none. ``dataset`` names the VQA set for its baseline (else
-    guessed from the file name). ``max_num``: tiles per image (default 6, never above training's).
-    ``image_root``: where relative image paths live when not beside the benchmark file.
-    ``settings_source``: where to read the training settings when passing a model object.
-    ``limit`` counts questions (all circular copies of each are kept). Ranks come from the process
-    group; an explicit ``rank``/``world_size`` without one evaluates and scores only that shard.
+    Ranks come from the process group (each answers every world-size-th sample; every rank then
+    scores the full set); an explicit ``rank``/``world_size`` without one evaluates and scores
+    only that shard. A Lightning ``.ckpt`` is read by ``training.checkpoint.load_checkpoint``.
+
+    Args:
+        model_or_dir: a model object (then pass ``tokenizer``), or a stage output / HF-native /
+            original-layout InternVL directory.
+        benchmark: mmbench, mmmu, mathvista or vqa.
+        data: benchmark file, directory or glob (e.g. MMMU/*/validation-*.parquet).
+        tokenizer: tokenizer dir or object (default: the model dir's own).
+        limit: evaluate only the first N questions (all circular copies of each are kept).
+        batch_size: prompts generated together.
+        max_new_tokens: answer length limit (default: per benchmark).
+        circular: MMBench circular evaluation.
+        out_dir: directory for the JSON and Markdown reports.
+        baseline: published size to compare with (1b, 2b, 8b, ...), auto (guessed from the
+            parameter count) or none.
+        dataset: VQA dataset name for its baseline (textvqa, docvqa, chartqa, ai2d; default:
+            guessed from the file name).
+        vqa_metric: VQA scoring (vqa, exact, anls, relaxed).
+        vqa_prompt: instruction appended to VQA questions.
+        max_num: tiles per image (default 6, never above training's).
+        template: chat template (default: the model dir's training record).
+        rank: this process's shard of the samples (default: the process group's rank).
+        world_size: number of shards (default: the process group's size).
+        progress: a progress bar.
+        settings_source: the dir whose training record to read when passing a model object.
+        image_root: base of relative image paths (default: beside the benchmark file).
     """
-    from ..export.load import resolve_model
-
     if baseline not in ("auto", None, "none"):
         baselines.lookup(baseline, None)  # an unknown size fails now, not after generating
     options: dict[str, Any] = {"image_root": image_root}
@@ -143,8 +163,8 @@ def evaluate(
         options.update(metric=vqa_metric, prompt=vqa_prompt)
     bench = get_benchmark(benchmark, **options)
     samples = load_samples(bench, data, circular=circular, limit=limit)
-    model, tokenizer = resolve_model(checkpoint_or_model, tokenizer)
-    source = checkpoint_or_model if settings_source is None else settings_source
+    model, tokenizer = load_vlm_and_tokenizer(model_or_dir, tokenizer)
+    source = model_or_dir if settings_source is None else settings_source
     settings = read_settings(source, model, max_num=max_num, template=template)
     max_new_tokens = max_new_tokens or bench.default_max_new_tokens
     answers = predict(
@@ -196,85 +216,3 @@ def evaluate(
     if out_dir is not None and _ranks(rank, world_size)[0] == 0:
         result.save(out_dir)
     return result
-
-
-def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``python -m internvl_lightning evaluate``."""
-    from .metrics import VQA_METRICS
-
-    parser.add_argument(
-        "--checkpoint", required=True, help="HF-native/stage dir, original-layout dir or .ckpt"
-    )
-    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    parser.add_argument(
-        "--data", required=True, help="benchmark file, directory or glob (e.g. MMMU/*/validation-*.parquet)"
-    )
-    parser.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the checkpoint's)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: per benchmark")
-    parser.add_argument("--circular", action="store_true", help="MMBench circular evaluation")
-    parser.add_argument("--out", default=None, help="directory for the JSON and Markdown reports")
-    parser.add_argument(
-        "--baseline", default="auto", help="published size to compare with (1b, 2b, 8b, ...), auto or none"
-    )
-    parser.add_argument(
-        "--dataset", default=None, help="VQA dataset name for its baseline (textvqa, docvqa, chartqa, ai2d)"
-    )
-    parser.add_argument("--vqa-metric", default="vqa", choices=sorted(VQA_METRICS))
-    parser.add_argument("--max-num", type=int, default=None, help="max tiles per image (default 6)")
-    parser.add_argument(
-        "--image-root", default=None, help="base of relative image paths (default: beside --data)"
-    )
-    parser.add_argument("--template", default=None, help="chat template (default: the checkpoint's record)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument(
-        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="default: bf16 on GPU"
-    )
-
-    return parser
-
-
-def run_evaluate(args) -> int:
-    """Run ``evaluate`` from parsed arguments; under torchrun every process takes its share."""
-    import os
-
-    from ..export.load import resolve_model
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and args.device in (None, "cuda")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else (args.device or "cpu")
-    if cuda:
-        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if cuda else torch.float32)
-    try:
-        model, tokenizer = resolve_model(args.checkpoint, args.tokenizer)
-        model = model.to(device=device, dtype=dtype)
-        result = evaluate(
-            model,
-            args.benchmark,
-            args.data,
-            tokenizer,
-            args.limit,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            circular=args.circular,
-            out_dir=args.out,
-            baseline=args.baseline,
-            dataset=args.dataset,
-            vqa_metric=args.vqa_metric,
-            max_num=args.max_num,
-            template=args.template,
-            progress=rank == 0,
-            image_root=args.image_root,
-            settings_source=args.checkpoint,  # the model is placed already; its dir has the settings
-        )
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-    if rank == 0:
-        print(result.to_markdown())
-    return 0

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import GenerationConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
 from ..constants import IM_END, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, NORMALIZATION
+from ..data.templates import get_template
+from ..model.config import vision_geometry
+from ..model.load import load_vlm_and_tokenizer
 from ..model.lora import has_adapters, merged_state_dict
+from ..model.record import write_training_record
+from ..tokenizer import TokenizerSource, read_tokenizer
 
 
 def chat_template(template: str = "internvl2_5") -> str:
@@ -30,8 +34,6 @@ def chat_template(template: str = "internvl2_5") -> str:
     lines, which `InternVLProcessor` expands into `<img><IMG_CONTEXT>...</img>`. A conversation
     without a system turn gets the template's training system prompt, as in training.
     """
-    from ..data.templates import get_template
-
     t = get_template(template)
     q = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
     sep = q(t.sep)
@@ -77,8 +79,6 @@ def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> PreTrained
     The names go into tokenizer_config.json as a dict of `extra_special_tokens` (the file format
     of HF-native InternVL checkpoints); reloading gives a tokenizer with those attributes.
     """
-    from transformers import AutoTokenizer
-
     tokenizer.save_pretrained(out)
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
@@ -89,7 +89,7 @@ def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> PreTrained
         "video_token": "<video>",
     }
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return AutoTokenizer.from_pretrained(str(out))
+    return read_tokenizer(out)
 
 
 def _write_processor_files(
@@ -128,9 +128,9 @@ def _write_processor_files(
 
 
 def export_hf(
-    model_or_checkpoint: InternVLForConditionalGeneration | str | Path,
+    model_or_dir: InternVLForConditionalGeneration | str | Path,
     out_dir: str | Path,
-    tokenizer: PreTrainedTokenizerBase | str | Path | None = None,
+    tokenizer: TokenizerSource | None = None,
     *,
     template: str = "internvl2_5",
     normalization: str = "imagenet",
@@ -141,14 +141,16 @@ def export_hf(
 ) -> Path:
     """Write an HF-native model directory (weights, config, tokenizer, chat template, processors).
 
-    `model_or_checkpoint` is a built model, a Lightning `.ckpt`, or a stage output directory;
-    `tokenizer` defaults to the one that goes with it (the LLM dir of the run, or the stage dir).
-    `dtype` converts the model in place before saving (e.g. torch.bfloat16 for serving). LoRA
-    adapters are merged into the weights they adapt (in fp32, before any `dtype` conversion).
+    `model_or_dir` is a built model (then pass its `tokenizer`) or a full VLM directory (a stage
+    output, an HF-native or original-layout InternVL dir; `tokenizer` defaults to its own). A
+    Lightning `.ckpt` is read by `training.checkpoint.load_checkpoint` first. `dtype` converts the
+    model in place before saving (e.g. torch.bfloat16 for serving). LoRA adapters are merged into
+    the weights they adapt (in fp32, before any `dtype` conversion).
     """
-    from .load import resolve_model
-
-    model, tokenizer = resolve_model(model_or_checkpoint, tokenizer)
+    try:
+        model, tokenizer = load_vlm_and_tokenizer(model_or_dir, tokenizer)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"cannot export {model_or_dir}: {err}") from err
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = merged_state_dict(model) if has_adapters(model) else None
@@ -159,12 +161,10 @@ def export_hf(
     model.save_pretrained(out, state_dict=state, safe_serialization=True, max_shard_size=max_shard_size)
 
     tokenizer = _save_tokenizer(tokenizer, out)
-    vcfg = model.config.vision_config
-    image_size = vcfg.image_size[0] if isinstance(vcfg.image_size, (list, tuple)) else vcfg.image_size
     _write_processor_files(
         out,
         model.config.image_seq_length,
-        image_size,
+        vision_geometry(model.config.vision_config)[0],
         max_dynamic_patch,
         min_dynamic_patch,
         normalization,
@@ -176,12 +176,7 @@ def export_hf(
     GenerationConfig(
         eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id, do_sample=False
     ).save_pretrained(out)
-    _write_training_info(
+    write_training_record(
         out, template=template, normalization=normalization, max_dynamic_patch=max_dynamic_patch
     )
     return out
-
-
-def _write_training_info(out: Path, **info: Any) -> None:
-    """Record the data settings the model was trained with (the next stage and the evaluator read it)."""
-    (out / "internvl_lightning.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -1,7 +1,6 @@
 """Model assembly: composite InternVL from separate component checkpoints.
 
-Names are imported lazily: ``model.tokenizer`` is used by data tools that must not pay for
-importing the model classes.
+Names are imported lazily, so that importing one helper does not pay for the model classes.
 """
 
 from __future__ import annotations
@@ -14,10 +13,17 @@ from .pixel_shuffle import patch_pixel_shuffle, pixel_shuffle
 
 _LAZY = {
     "build_model": "build",
-    "check_state_dict": "build",
-    "load_pretrained_vlm": "build",
-    "load_tokenizer": "build",
+    "check_state_dict": "load",
+    "load_pretrained_vlm": "load",
+    "load_vlm": "load",
     "write_components": "components",
+    "internvl_config": "config",
+    "tokens_per_tile": "config",
+    "LLM_FAMILIES": "families",
+    "VISION_FAMILIES": "families",
+    "llm_family": "families",
+    "PARTS": "parts",
+    "vlm_parts": "parts",
     "enable_activation_checkpointing": "checkpointing",
     "compile_blocks": "compile",
     "add_vlm_lora": "lora",
@@ -30,11 +36,13 @@ _LAZY = {
     "get_preset": "presets",
     "meta_model": "presets",
     "parameter_counts": "presets",
-    "tokens_per_tile": "presets",
 }
 
 __all__ = [
+    "LLM_FAMILIES",
     "LLM_PRESETS",
+    "PARTS",
+    "VISION_FAMILIES",
     "VISION_PRESETS",
     "VLM_PRESETS",
     "add_vlm_lora",
@@ -45,14 +53,17 @@ __all__ = [
     "enable_activation_checkpointing",
     "get_preset",
     "install_drop_path",
+    "internvl_config",
+    "llm_family",
     "load_pretrained_vlm",
-    "load_tokenizer",
+    "load_vlm",
     "merged_state_dict",
     "meta_model",
     "parameter_counts",
     "patch_pixel_shuffle",
     "pixel_shuffle",
     "tokens_per_tile",
+    "vlm_parts",
     "write_components",
 ]
 

@@ -5,140 +5,35 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    InternVLVisionConfig,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-)
+from transformers import InternVLForConditionalGeneration, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from ..constants import IMG_CONTEXT_TOKEN
-from .convert import (
+from ..tokenizer import add_vlm_tokens, check_chat_tokens, read_tokenizer
+from .config import internvl_config
+from .load import (
     Tensors,
-    detect_llm_layout,
-    detect_vision_layout,
-    internlm2_to_llama,
-    is_vlm_dir,
-    llama_config_from_internlm2,
-    read_config,
-    read_weights,
-    vision_config_from_original,
-    vision_original_to_hf,
+    check_state_dict,
+    load_llm,
+    load_llm_config,
+    load_projector,
+    load_vision,
+    load_vision_config,
+    load_vlm,
+    vlm_layout,
 )
-from .drop_path import install_drop_path
-from .pixel_shuffle import patch_pixel_shuffle
-from .presets import get_preset, meta_model, tokens_per_tile, vlm_config
-from .tokenizer import load_with_vlm_tokens
-from .zero3 import from_reader, full_shapes, is_reader, load_partitioned, raise_together, zero3_init_active
+from .options import apply_options
+from .presets import get_preset, meta_model, vlm_config
+from .zero3 import from_reader, is_reader, load_partitioned, raise_together, zero3_init_active
 
 PathLike = str | Path
 
 
-def load_tokenizer(llm_dir: PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The LLM's tokenizer with InternVL's 9 special tokens added (a no-op if already there)."""
-    return load_with_vlm_tokens(llm_dir, trust_remote_code)[0]
-
-
-def check_state_dict(
-    module: nn.Module,
-    sd: Mapping[str, torch.Tensor | tuple[int, ...]],
-    where: str,
-    ignore: tuple[str, ...] = (),
-) -> None:
-    """Raise one readable error if ``sd`` (tensors, or their shapes) does not fit ``module``
-    (missing/unexpected keys, shapes; ZeRO-3 partitioned parameters count with their full shape)."""
-    expected = {k: v for k, v in full_shapes(module).items() if k not in ignore}
-    got = {k: tuple(v if isinstance(v, tuple) else v.shape) for k, v in sd.items() if k not in ignore}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {got[k]} vs model {expected[k]}"
-        for k in sorted(set(got) & set(expected))
-        if got[k] != expected[k]
-    ]
-    problems = [
-        (name, items)
-        for name, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", shapes),
-        )
-        if items
-    ]
-    if problems:
-        lines = [f"weights in {where} do not match the model its config describes:"]
-        for name, items in problems:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
-            lines.append(f"  {name} ({len(items)}): {shown}")
-        raise ValueError("\n".join(lines))
-
-
-def load_vision_config(vision_dir: PathLike) -> InternVLVisionConfig:
-    """The HF-native config of a vision encoder dir (HF or original InternViT layout)."""
-    if detect_vision_layout(vision_dir) == "original":
-        return vision_config_from_original(read_config(vision_dir, "vision"))
-    return InternVLVisionConfig.from_pretrained(str(vision_dir))
-
-
-def load_vision(vision_dir: PathLike) -> tuple[InternVLVisionConfig, Tensors]:
-    """Config + HF-native state dict of a vision encoder dir (HF or original InternViT layout)."""
-    sd = read_weights(vision_dir)
-    if detect_vision_layout(vision_dir) == "original":
-        sd = vision_original_to_hf(sd)
-    return load_vision_config(vision_dir), sd
-
-
-def load_llm_config(llm_dir: PathLike) -> PretrainedConfig:
-    """The transformers-native config of an LLM dir (InternLM2 becomes Llama)."""
-    if detect_llm_layout(llm_dir) == "internlm2":
-        return llama_config_from_internlm2(read_config(llm_dir, "LLM"))
-    return AutoConfig.from_pretrained(str(llm_dir))
-
-
-def load_llm(llm_dir: PathLike) -> tuple[PretrainedConfig, Tensors]:
-    """Config + transformers-native state dict (``model.*``, ``lm_head.weight``) of an LLM dir.
-    InternLM2 becomes Llama."""
-    cfg = load_llm_config(llm_dir)
-    sd = {k: v for k, v in read_weights(llm_dir).items() if not k.endswith("rotary_emb.inv_freq")}
-    if detect_llm_layout(llm_dir) == "internlm2":
-        sd = internlm2_to_llama(sd, cfg.num_attention_heads, cfg.num_key_value_heads)
-    return cfg, sd
-
-
-_PROJ_NAMES = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
-
-
-def load_projector(path: PathLike) -> Tensors:
-    """Projector weights from a file (safetensors, or torch with weights_only=True), with original
-    (``mlp1.0/1/3`` or ``0/1/3``) or HF (``layer_norm/linear_1/linear_2``) names -> HF names."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"projector file {p} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw = load_file(str(p))
-    else:
-        raw = torch.load(p, map_location="cpu", weights_only=True)
-    out: Tensors = {}
-    for key, t in raw.items():
-        k = key
-        for prefix in ("model.multi_modal_projector.", "multi_modal_projector.", "mlp1."):
-            k = k.removeprefix(prefix)
-        head, _, rest = k.partition(".")
-        out[f"{_PROJ_NAMES.get(head, head)}.{rest}"] = t
-    return out
-
-
-def _random_projector(vision_hidden: int, text_hidden: int, downsample_ratio: float, seed: int) -> Tensors:
+def random_projector(vision_hidden: int, text_hidden: int, downsample_ratio: float, seed: int) -> Tensors:
     """PyTorch-default init (as InternVL's ``mlp1``), seeded and independent of the global RNG.
 
     Plain tensors, drawn in the order ``nn.Linear`` draws them (weight, then bias; same values):
@@ -180,22 +75,6 @@ def _resize_vocab(sd: Tensors, old_n: int, new_n: int) -> Tensors:
     return out
 
 
-def _apply_options(model, drop_path_rate: float, ps_version: str, select_layer: int):
-    """Options transformers' class does not have (drop path, v1 shuffle) or keeps in config."""
-    n_layers = model.config.vision_config.num_hidden_layers
-    if not -(n_layers + 1) <= select_layer <= n_layers:
-        raise ValueError(f"select_layer {select_layer} out of range for a {n_layers}-layer vision encoder")
-    model.config.vision_feature_layer = select_layer
-    vision = model.model.vision_tower
-    if vision.config._attn_implementation == "flex_attention":
-        # Flex attention is for the LLM's packed block-diagonal masks. ViT tiles are fixed-length
-        # and unmasked, where sdpa's flash kernel needs no compilation (as benchmarks/gpu.py ran).
-        vision.set_attn_implementation("sdpa")
-    patch_pixel_shuffle(model, ps_version)
-    install_drop_path(model, drop_path_rate)
-    return model
-
-
 def build_model(
     vision: PathLike | None = None,
     llm: PathLike | None = None,
@@ -218,8 +97,8 @@ def build_model(
 
     * ``vision`` + ``llm`` dirs (either layout): load both, add the 9 VLM tokens (new embedding and
       output rows = mean of the old rows), projector from ``mlp`` or random (seeded).
-    * ``init_from`` (or a full-VLM dir passed as ``vision``/``llm``): a stage output, see
-      :func:`load_pretrained_vlm`; options left as None keep the values stored in it.
+    * ``init_from`` (or a full-VLM dir passed as ``vision``/``llm``): a stage output or any other
+      full VLM dir, see :func:`load.load_vlm`; options left as None keep the values stored in it.
     * only ``preset``: shapes of a named preset; ``device="meta"`` for planning, else random init.
     Options left as None default to drop_path_rate 0.0, select_layer -1, ps_version "v2" and
     downsample_ratio 0.5. The output layer is tied iff the LLM's own config says so, unless
@@ -227,10 +106,10 @@ def build_model(
     ``from_pretrained``).
     """
     for d in (vision, llm):
-        if init_from is None and d is not None and is_vlm_dir(d):
+        if init_from is None and d is not None and vlm_layout(d) is not None:
             init_from = d
     if init_from is not None:
-        return load_pretrained_vlm(
+        return load_vlm(
             init_from, device, dtype=dtype, attn_implementation=attn_implementation,
             drop_path_rate=drop_path_rate, select_layer=select_layer, ps_version=ps_version,
             downsample_ratio=downsample_ratio,
@@ -244,7 +123,10 @@ def build_model(
     downsample_ratio = downsample_ratio or 0.5
     sharded = zero3_init_active()  # inside deepspeed.zero.Init: only rank 0 reads weights
     vision_cfg, text_cfg = load_vision_config(vision), load_llm_config(llm)
-    tok, old_n = load_with_vlm_tokens(llm, trust_remote_code)
+    tok = read_tokenizer(llm, trust_remote_code)
+    old_n = len(tok)  # new rows start here
+    add_vlm_tokens(tok)
+    check_chat_tokens(tok, where=str(llm))
     tie = text_cfg.tie_word_embeddings if tie_word_embeddings is None else tie_word_embeddings
     if old_n > text_cfg.vocab_size:
         raise ValueError(
@@ -263,18 +145,8 @@ def build_model(
             error = err
     raise_together(error)
     text_cfg.vocab_size = vocab
-    text_cfg.tie_word_embeddings = tie
-    config = InternVLConfig(
-        vision_config=vision_cfg,
-        text_config=text_cfg,
-        image_token_id=tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN),
-        image_seq_length=tokens_per_tile(vision_cfg, downsample_ratio),
-        downsample_ratio=downsample_ratio,
-        projector_hidden_act="gelu",
-        vision_feature_layer=opts[2],
-        vision_feature_select_strategy="default",
-        tie_word_embeddings=tie,  # transformers 5 defaults to True and would tie otherwise
-    )
+    image_token = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    config = internvl_config(vision_cfg, text_cfg, image_token, downsample_ratio, opts[2], tie)
     with torch.device(device or "cpu"), no_init_weights():
         model = InternVLForConditionalGeneration._from_config(
             config, dtype=dtype, attn_implementation=attn_implementation
@@ -289,13 +161,13 @@ def build_model(
     parts = {
         "vision": (inner.vision_tower, str(vision)),
         "language": (inner.language_model, str(llm)),
-        "projector": (inner.multi_modal_projector, str(mlp or "the random projector")),
+        "mlp": (inner.multi_modal_projector, str(mlp or "the random projector")),
     }
     if not tie:
         parts["lm_head"] = (model.lm_head, str(llm))
     for key, (module, where) in parts.items():
         _load_weights(module, None if weights is None else weights[key], where, sharded)
-    return _apply_options(model.eval(), *opts)
+    return apply_options(model.eval(), *opts)
 
 
 def _read_components(
@@ -310,7 +182,7 @@ def _read_components(
     downsample_ratio: float,
     seed: int,
 ) -> dict[str, Tensors]:
-    """The state dicts of the vision tower, language model, output layer (untied) and projector."""
+    """The state dicts of the vision tower, language model, output layer (untied) and mlp."""
     _, vision_sd = load_vision(vision)
     _, llm_sd = load_llm(llm)
     embed = llm_sd.get("model.embed_tokens.weight")
@@ -330,9 +202,9 @@ def _read_components(
             raise ValueError(f"weights in {llm}: no lm_head.weight, but the output layer is untied")
         out["lm_head"] = {"weight": llm_sd["lm_head.weight"]}
     if mlp is not None:
-        out["projector"] = load_projector(mlp)
+        out["mlp"] = load_projector(mlp)
     else:
-        out["projector"] = _random_projector(vision_hidden, text_cfg.hidden_size, downsample_ratio, seed)
+        out["mlp"] = random_projector(vision_hidden, text_cfg.hidden_size, downsample_ratio, seed)
     return out
 
 
@@ -361,47 +233,4 @@ def _from_preset(
             model = InternVLForConditionalGeneration._from_config(
                 config, dtype=dtype, attn_implementation=attn_implementation
             )
-    return _apply_options(model.eval(), drop_path_rate, ps_version, select_layer)
-
-
-def load_pretrained_vlm(
-    directory: PathLike,
-    device: str | torch.device | None = None,
-    *,
-    dtype: torch.dtype = torch.float32,
-    attn_implementation: str = "sdpa",
-    drop_path_rate: float | None = None,
-    select_layer: int | None = None,
-    ps_version: str | None = None,
-    downsample_ratio: float | None = None,
-) -> InternVLForConditionalGeneration:
-    """Load an HF-native InternVL dir (``save_pretrained`` output, e.g. a previous stage).
-    ``ps_version`` / ``drop_path_rate`` / ``select_layer`` default to what its config stores;
-    ``downsample_ratio`` is fixed by the projector's shape and only checked."""
-    d = Path(directory)
-    if not is_vlm_dir(d):
-        arch = read_config(d, "VLM").get("architectures")
-        raise ValueError(f"{d} is not an InternVLForConditionalGeneration directory (architectures: {arch})")
-    model, info = InternVLForConditionalGeneration.from_pretrained(
-        str(d),
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        use_safetensors=True,
-        output_loading_info=True,
-    )
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if bad:
-        raise ValueError(f"weights in {d} do not match its config.json: {bad}")
-    cfg = model.config
-    if downsample_ratio is not None and downsample_ratio != cfg.downsample_ratio:
-        raise ValueError(
-            f"{d} was trained with downsample_ratio {cfg.downsample_ratio}, not {downsample_ratio}"
-        )
-    if device is not None:
-        model = model.to(device)
-    return _apply_options(
-        model.eval(),
-        (getattr(cfg, "drop_path_rate", None) or 0.0) if drop_path_rate is None else drop_path_rate,
-        (getattr(cfg, "ps_version", None) or "v2") if ps_version is None else ps_version,
-        cfg.vision_feature_layer if select_layer is None else select_layer,
-    )
+    return apply_options(model.eval(), drop_path_rate, ps_version, select_layer)

@@ -1,78 +1,22 @@
-"""Checkpoint layouts: detect them, and convert keys/configs between original and HF-native.
+"""Key and config maps between checkpoint layouts: pure functions on dicts of tensors and configs.
 
-Everything here is a pure function on dicts of tensors / config dicts, plus two helpers that write
-an HF-layout twin of an original-layout directory. Layouts:
-  vision: "hf" (transformers ``InternVLVisionModel``) | "original" (InternViT ``InternVisionModel``)
-  LLM:    "hf" (a transformers causal LM) | "internlm2" (``InternLM2ForCausalLM``, packed wqkv)
-  full:   original InternVL (``vision_model.*``, ``mlp1.*``, ``language_model.*``) | HF-native.
+Component layouts (``model/families.py`` says which family uses which):
+  vision: transformers ``InternVLVisionModel`` <-> original InternViT ``InternVisionModel`` (fused qkv);
+  LLM:    transformers Llama <-> ``InternLM2ForCausalLM`` (packed wqkv);
+  projector: transformers ``multi_modal_projector.{layer_norm,linear_1,linear_2}`` <-> InternVL ``mlp1.{0,1,3}``.
+The whole-VLM original layout (``vision_model.*``, ``mlp1.*``, ``language_model.*``) is in ``layout.py``.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import InternVLVisionConfig, LlamaConfig
 
+from .config import vision_geometry
+
 Tensors = dict[str, torch.Tensor]
-
-# Architectures (config.json "architectures"[0]) we can load, and their layout.
-VISION_ARCHS = {"InternVLVisionModel": "hf", "InternVisionModel": "original"}
-LLM_ARCHS = {
-    "Qwen2ForCausalLM": "hf",
-    "LlamaForCausalLM": "hf",
-    "Qwen3ForCausalLM": "hf",
-    "InternLM2ForCausalLM": "internlm2",
-}
-VLM_ARCHS = ("InternVLForConditionalGeneration",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
-
-
-def read_config(directory: str | Path, what: str = "component") -> dict:
-    """config.json of a checkpoint directory, with errors that name the directory."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(f"{what} directory {d} does not exist")
-    path = d / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} directory {d} has no config.json")
-    return json.loads(path.read_text())
-
-
-def architecture(cfg: dict) -> str | None:
-    archs = cfg.get("architectures") or [None]
-    return archs[0]
-
-
-def _detect(directory: str | Path, what: str, known: dict[str, str]) -> str:
-    cfg = read_config(directory, what)
-    arch = architecture(cfg)
-    if arch not in known:
-        raise ValueError(
-            f"unsupported {what} architecture {arch!r} in {Path(directory) / 'config.json'}; "
-            f"supported: {', '.join(known)}"
-        )
-    return known[arch]
-
-
-def detect_vision_layout(vision_dir: str | Path) -> str:
-    """'hf' or 'original', from config.json's architectures."""
-    return _detect(vision_dir, "vision", VISION_ARCHS)
-
-
-def detect_llm_layout(llm_dir: str | Path) -> str:
-    """'hf' or 'internlm2', from config.json's architectures."""
-    return _detect(llm_dir, "LLM", LLM_ARCHS)
-
-
-def is_vlm_dir(directory: str | Path) -> bool:
-    """True for an HF-native full InternVL directory (e.g. a stage output)."""
-    path = Path(directory) / "config.json"
-    return path.is_file() and architecture(json.loads(path.read_text())) in VLM_ARCHS
 
 
 # ---------------------------------------------------------------- vision: InternViT <-> HF
@@ -105,10 +49,8 @@ def vision_config_from_original(cfg: dict) -> InternVLVisionConfig:
 
 
 def vision_config_to_original(cfg: InternVLVisionConfig) -> dict:
-    """``InternVLVisionConfig`` -> an InternViT-style config.json dict."""
+    """``InternVLVisionConfig`` -> an InternViT-style config.json dict (``families.py`` adds its name)."""
     return {
-        "architectures": ["InternVisionModel"],
-        "model_type": "intern_vit_6b",
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_hidden_layers,
         "num_attention_heads": cfg.num_attention_heads,
@@ -118,8 +60,8 @@ def vision_config_to_original(cfg: InternVLVisionConfig) -> dict:
         "norm_type": cfg.norm_type,
         "layer_norm_eps": cfg.layer_norm_eps,
         "hidden_act": cfg.hidden_act,
-        "image_size": int(cfg.image_size[0]),
-        "patch_size": int(cfg.patch_size[0]),
+        "image_size": vision_geometry(cfg)[0],
+        "patch_size": vision_geometry(cfg)[1],
         "num_channels": cfg.num_channels,
         "attention_dropout": cfg.attention_dropout,
         "dropout": 0.0,
@@ -240,11 +182,9 @@ def llama_config_from_internlm2(cfg: dict) -> LlamaConfig:
 
 
 def internlm2_config_from_llama(cfg: LlamaConfig) -> dict:
-    """``LlamaConfig`` -> an InternLM2-style config.json dict."""
+    """``LlamaConfig`` -> an InternLM2-style config.json dict (``families.py`` adds its name)."""
     rope = cfg.rope_parameters or {}
     out = {
-        "architectures": ["InternLM2ForCausalLM"],
-        "model_type": "internlm2",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -317,114 +257,30 @@ def llama_to_internlm2(sd: Tensors, num_heads: int, num_kv_heads: int) -> Tensor
     return out
 
 
-# ---------------------------------------------------------------- full VLM: original <-> HF-native
+# ---------------------------------------------------------------- projector: mlp1 <-> HF
 
-_PROJ = {"mlp1.0": "layer_norm", "mlp1.1": "linear_1", "mlp1.3": "linear_2"}
-
-
-def _split(sd: Tensors, prefix: str) -> Tensors:
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+# InternVL's ``mlp1`` is nn.Sequential(LayerNorm, Linear, GELU, Linear): children 0, 1 and 3.
+PROJECTOR_NAMES = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
 
 
-def full_original_to_hf(
-    sd: Tensors, llm_arch: str = "qwen2", num_heads: int | None = None, num_kv_heads: int | None = None
-) -> Tensors:
-    """Original InternVL keys -> ``InternVLForConditionalGeneration`` keys. For ``llm_arch='internlm2'``
-    pass the LLM's head counts (needed to split wqkv); its LLM becomes Llama."""
-    out = {
-        "model.vision_tower." + k: v for k, v in vision_original_to_hf(_split(sd, "vision_model.")).items()
-    }
+def projector_to_hf(sd: Tensors) -> Tensors:
+    """Projector weights with original (``mlp1.0/1/3``, ``0/1/3``) or HF names -> HF names
+    (``layer_norm/linear_1/linear_2.{weight,bias}``); any model prefix is dropped."""
+    out: Tensors = {}
     for key, t in sd.items():
-        m = re.fullmatch(r"(mlp1\.[013])\.(weight|bias)", key)
-        if m:
-            out[f"model.multi_modal_projector.{_PROJ[m[1]]}.{m[2]}"] = t
-    llm = _split(sd, "language_model.")
-    if llm_arch == "internlm2":
-        if not (num_heads and num_kv_heads):
-            raise ValueError("converting an InternLM2-based checkpoint needs num_heads and num_kv_heads")
-        llm = internlm2_to_llama(llm, num_heads, num_kv_heads)
-    for key, t in llm.items():
-        out[
-            "lm_head.weight"
-            if key == "lm_head.weight"
-            else "model.language_model." + key.removeprefix("model.")
-        ] = t
-    known = ("vision_model.", "language_model.", "mlp1.")
-    out.update({k: v for k, v in sd.items() if not k.startswith(known)})  # surfaced as unexpected
+        k = key
+        for prefix in ("model.multi_modal_projector.", "multi_modal_projector.", "mlp1."):
+            k = k.removeprefix(prefix)
+        head, _, rest = k.partition(".")
+        out[f"{PROJECTOR_NAMES.get(head, head)}.{rest}"] = t
     return out
 
 
-def full_hf_to_original(
-    sd: Tensors, llm_arch: str = "qwen2", num_heads: int | None = None, num_kv_heads: int | None = None
-) -> Tensors:
-    """Inverse of :func:`full_original_to_hf`; ``llm_arch='internlm2'`` packs the LLM back."""
-    out = {
-        "vision_model." + k: v for k, v in vision_hf_to_original(_split(sd, "model.vision_tower.")).items()
-    }
-    inv = {v: k for k, v in _PROJ.items()}
-    for key, t in _split(sd, "model.multi_modal_projector.").items():
-        name, kind = key.rsplit(".", 1)
-        out[f"{inv[name]}.{kind}"] = t
-    llm = {"model." + k: v for k, v in _split(sd, "model.language_model.").items()}
-    if "lm_head.weight" in sd:
-        llm["lm_head.weight"] = sd["lm_head.weight"]
-    if llm_arch == "internlm2":
-        if not (num_heads and num_kv_heads):
-            raise ValueError("converting to an InternLM2-based checkpoint needs num_heads and num_kv_heads")
-        llm = llama_to_internlm2(llm, num_heads, num_kv_heads)
-    out.update({"language_model." + k: v for k, v in llm.items()})
-    return out
-
-
-# ---------------------------------------------------------------- files
-
-
-def read_weights(directory: str | Path) -> Tensors:
-    """All tensors of a checkpoint directory: ``*.safetensors`` (sharded or not); torch ``.bin``
-    files only as a fallback, and then with ``weights_only=True`` (no pickle code execution)."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {d} does not exist")
-    files = sorted(d.glob("*.safetensors"))
-    if files:
-        sd: Tensors = {}
-        for f in files:
-            sd.update(load_file(str(f)))
-        return sd
-    files = sorted(d.glob("pytorch_model*.bin"))
-    if not files:
-        raise FileNotFoundError(f"no weights (*.safetensors or pytorch_model*.bin) in {d}")
-    sd = {}
-    for f in files:
-        sd.update(torch.load(f, map_location="cpu", weights_only=True))
-    return sd
-
-
-# ---------------------------------------------------------------- directory twins
-
-
-def _save(sd: Tensors, cfg: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
-    )
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return out
-
-
-def convert_vision_dir(src: str | Path, dst: str | Path) -> Path:
-    """Write an HF-layout (``InternVLVisionModel``) copy of an original InternViT directory."""
-    cfg = vision_config_from_original(read_config(src, "vision"))
-    hf_cfg = cfg.to_dict() | {"architectures": ["InternVLVisionModel"]}
-    return _save(vision_original_to_hf(read_weights(src)), hf_cfg, Path(dst))
-
-
-def convert_llm_dir(src: str | Path, dst: str | Path) -> Path:
-    """Write a ``LlamaForCausalLM`` copy (weights, config, tokenizer files) of an InternLM2 directory."""
-    cfg = llama_config_from_internlm2(read_config(src, "LLM"))
-    sd = internlm2_to_llama(read_weights(src), cfg.num_attention_heads, cfg.num_key_value_heads)
-    out = _save(sd, cfg.to_dict() | {"architectures": ["LlamaForCausalLM"]}, Path(dst))
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copy(Path(src) / name, out / name)
+def projector_from_hf(sd: Tensors) -> Tensors:
+    """HF projector names (``layer_norm.weight``, ...) -> InternVL's ``mlp1.0.weight``, ..."""
+    inverse = {v: k for k, v in PROJECTOR_NAMES.items()}
+    out: Tensors = {}
+    for key, t in sd.items():
+        name, _, kind = key.partition(".")
+        out[f"mlp1.{inverse.get(name, name)}.{kind}"] = t
     return out

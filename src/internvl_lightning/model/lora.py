@@ -104,7 +104,7 @@ def add_vlm_lora(
     Returns {part: layers wrapped}."""
     inner, wrapped = model.model, {}
     if vit_rank:
-        wrapped["vit"] = add_lora(inner.vision_tower, VIT_TARGETS, vit_rank, alpha, dropout, seed)
+        wrapped["vision"] = add_lora(inner.vision_tower, VIT_TARGETS, vit_rank, alpha, dropout, seed)
     if llm_rank:
         wrapped["llm"] = add_lora(inner.language_model, LLM_TARGETS, llm_rank, alpha, dropout, seed + 1)
         model.lm_head.requires_grad_(False)

@@ -10,18 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    InternVLVisionConfig,
-    LlamaConfig,
-    PretrainedConfig,
-    Qwen2Config,
-)
+from transformers import CONFIG_MAPPING, InternVLConfig, InternVLForConditionalGeneration, PretrainedConfig
 
-from ..constants import VLM_SPECIAL_TOKENS
-
-LLM_ARCHS = ("qwen2", "llama", "internlm2")
+from ..constants import IMG_CONTEXT_TOKEN, VLM_SPECIAL_TOKENS
+from .config import internvl_config
+from .families import llm_family, vision_family
+from .parts import vlm_parts
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class LLMPreset:
     ``tokenizer_vocab`` is len(tokenizer) (None: whatever the locally built tokenizer has)."""
 
     name: str
-    arch: str  # "qwen2" | "llama" | "internlm2" (InternLM2 loads as Llama after conversion)
+    arch: str  # an LLM family of families.py: "qwen2", "llama", "internlm2", ...
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -63,7 +57,7 @@ class LLMPreset:
 
     @property
     def tokenizer_style(self) -> str:
-        return "internlm2" if self.arch == "internlm2" else "qwen2"
+        return llm_family(self.arch).tokenizer_style
 
 
 @dataclass(frozen=True)
@@ -157,15 +151,7 @@ def get_preset(preset: str | VLMPreset) -> VLMPreset:
     return VLM_PRESETS[preset]
 
 
-def tokens_per_tile(vision: VisionPreset | InternVLVisionConfig, downsample_ratio: float = 0.5) -> int:
-    """LLM tokens one tile becomes: (image_size / patch_size)^2 * downsample_ratio^2 (256 at 448/14)."""
-    size, patch = vision.image_size, vision.patch_size
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-    return int((size // patch) ** 2 * downsample_ratio**2)
-
-
-def vision_config(p: VisionPreset, **overrides) -> InternVLVisionConfig:
+def vision_config(p: VisionPreset, **overrides) -> PretrainedConfig:
     """HF-native config of an InternViT preset (no final norm: use_mean_pooling=True)."""
     kwargs = dict(
         hidden_size=p.hidden_size,
@@ -181,11 +167,11 @@ def vision_config(p: VisionPreset, **overrides) -> InternVLVisionConfig:
         layer_norm_eps=p.layer_norm_eps,
         use_mean_pooling=True,
     )
-    return InternVLVisionConfig(**(kwargs | overrides))
+    return vision_family().hf_config_class(**(kwargs | overrides))
 
 
 def text_config(p: LLMPreset, vocab_size: int | None = None, **overrides) -> PretrainedConfig:
-    """transformers-native config of an LLM preset (InternLM2 as ``LlamaConfig``)."""
+    """transformers-native config of an LLM preset (as its family runs: InternLM2 as ``LlamaConfig``)."""
     kwargs = dict(
         vocab_size=vocab_size or p.vocab_size,
         hidden_size=p.hidden_size,
@@ -198,11 +184,7 @@ def text_config(p: LLMPreset, vocab_size: int | None = None, **overrides) -> Pre
         tie_word_embeddings=p.tie_word_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
     )
-    if p.arch == "qwen2":
-        return Qwen2Config(**(kwargs | overrides))
-    if p.arch in ("llama", "internlm2"):
-        return LlamaConfig(**(kwargs | {"attention_bias": False} | overrides))
-    raise ValueError(f"unknown LLM arch {p.arch!r}; choose one of {LLM_ARCHS}")
+    return CONFIG_MAPPING[llm_family(p.arch).hf_model_type](**(kwargs | overrides))
 
 
 def vlm_vocab(p: LLMPreset) -> int:
@@ -214,16 +196,10 @@ def vlm_config(preset: str | VLMPreset, tie_word_embeddings: bool = False) -> In
     """Config of the assembled VLM; untied by default, like every published InternVL2.5."""
     p = get_preset(preset)
     base = p.llm.tokenizer_vocab or p.llm.vocab_size
-    text = text_config(p.llm, vocab_size=vlm_vocab(p.llm), tie_word_embeddings=tie_word_embeddings)
-    return InternVLConfig(
-        vision_config=vision_config(p.vision),
-        text_config=text,
-        image_token_id=base + VLM_SPECIAL_TOKENS.index("<IMG_CONTEXT>"),
-        image_seq_length=tokens_per_tile(p.vision, p.downsample_ratio),
-        downsample_ratio=p.downsample_ratio,
-        projector_hidden_act="gelu",
-        vision_feature_layer=-1,
-        tie_word_embeddings=tie_word_embeddings,  # transformers 5 defaults this to True: set it
+    text = text_config(p.llm, vocab_size=vlm_vocab(p.llm))
+    image_token = base + VLM_SPECIAL_TOKENS.index(IMG_CONTEXT_TOKEN)
+    return internvl_config(
+        vision_config(p.vision), text, image_token, p.downsample_ratio, -1, tie_word_embeddings
     )
 
 
@@ -236,15 +212,8 @@ def meta_model(
 
 
 def parameter_counts(model: InternVLForConditionalGeneration) -> dict[str, int]:
-    """Parameters per component (shared/tied tensors counted once)."""
-    inner = model.model
-    parts = {
-        "vision": inner.vision_tower,
-        "projector": inner.multi_modal_projector,
-        "llm": inner.language_model,
-    }
-    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
-    seen = {id(p) for m in parts.values() for p in m.parameters()}
-    counts["llm"] += sum(p.numel() for p in model.lm_head.parameters() if id(p) not in seen)
+    """Parameters per part (``vision``, ``mlp``, ``llm`` with its output layer) and in total;
+    shared (tied) tensors counted once."""
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in vlm_parts(model).items()}
     counts["total"] = sum(p.numel() for p in model.parameters())
     return counts

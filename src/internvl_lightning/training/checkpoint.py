@@ -1,4 +1,5 @@
-"""Crash-safe checkpoints and exact resume: `AtomicModelCheckpoint` and `RngState`.
+"""Lightning checkpoints: crash-safe saves (`AtomicModelCheckpoint`), exact resume (`RngState`), and
+reading a `.ckpt` back into a model (`load_checkpoint`, which also takes every other checkpoint kind).
 
 A checkpoint is written under a hidden staging name and renamed into place only once every rank
 has finished writing, so a save killed midway never becomes a checkpoint, let alone "last".
@@ -26,6 +27,10 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
+from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBase
+
+from ..model.load import load_vlm_and_tokenizer
+from ..tokenizer import TokenizerSource, load_tokenizer
 
 STAGING = ".staging-"  # a save in progress (never matches Lightning's "last*.ckpt" pattern)
 TRASH = ".replaced-"  # a checkpoint being replaced by a newer one of the same name
@@ -222,3 +227,44 @@ class RngState(L.Callback):
                 "random draws (dropout, drop path) will differ from an uninterrupted run"
             )
         self._pending = None
+
+
+# ---- reading checkpoints ------------------------------------------------------------------------
+
+
+def load_lightning_checkpoint(path: str | Path) -> tuple[InternVLForConditionalGeneration, str | None]:
+    """Rebuild the model of an `InternVLChat` Lightning checkpoint; returns it (eval mode) and the
+    tokenizer dir of its run."""
+    from .module import InternVLChat
+    from .parallelize import add_adapters
+
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    module = InternVLChat(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    model = module.build_vlm()
+    add_adapters(model, module.training_setup)  # the saved keys include the adapters
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    # Keys absent from the checkpoint keep the weights build_vlm() loaded from the run's components:
+    # checkpoints saved with exclude_frozen_parameters hold only what trained.
+    _, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {path} has keys the model lacks: {unexpected[:10]}")
+    return model.eval(), hparams.get("init_from") or hparams.get("llm")
+
+
+def load_checkpoint(
+    source: InternVLForConditionalGeneration | str | Path,
+    tokenizer: TokenizerSource | None = None,
+    **options: Any,
+) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerBase]:
+    """Any checkpoint kind and its tokenizer: a Lightning `.ckpt` of `InternVLChat`, a full VLM dir
+    (a stage output, HF-native or original InternVL; `options` as `model.load.load_vlm`) or a model
+    object (then pass `tokenizer`). `tokenizer` defaults to the one that goes with the checkpoint."""
+    if not isinstance(source, InternVLForConditionalGeneration):
+        path = Path(source)
+        if path.is_file() and path.suffix == ".ckpt":
+            model, tok_dir = load_lightning_checkpoint(path)
+            if tokenizer is None and tok_dir is None:
+                raise ValueError(f"checkpoint {path} names no tokenizer dir: pass tokenizer=<LLM dir>")
+            return model, load_tokenizer(tokenizer if tokenizer is not None else tok_dir)
+    return load_vlm_and_tokenizer(source, tokenizer, **options)

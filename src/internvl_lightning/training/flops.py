@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model.config import tokens_per_tile, vision_geometry
 from ..model.lora import is_adapter
-from ..model.presets import tokens_per_tile
+from ..model.parts import vlm_parts
 
 # Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
 PEAK_BF16_FLOPS = {
@@ -59,8 +60,7 @@ class FlopsModel:
         count = lambda m: sum(numel(p) for p in m.parameters())  # noqa: E731
         lm = model.model.language_model
         emb = numel(lm.get_input_embeddings().weight)
-        image = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
-        patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+        image, patch = vision_geometry(vc)
         patches = (image // patch) ** 2
         return cls(
             llm_params=count(lm) - emb + numel(model.lm_head.weight),
@@ -80,14 +80,14 @@ class FlopsModel:
         sample_lengths: list[int],
         tiles: int,
         *,
-        vit: bool = True,
+        vision: bool = True,
         mlp: bool = True,
         llm: bool = True,
         adapters: tuple[str, ...] = (),
     ) -> float:
         """Training FLOPs for `tokens` LLM tokens (samples of the given lengths) and `tiles` ViT
-        tiles. `vit`, `mlp`, `llm`: whose weights train (all by default: stage 2); `adapters`:
-        parts ("vit", "llm") with trainable LoRA adapters, which pass gradients through frozen
+        tiles. `vision`, `mlp`, `llm` (the parts of `model/parts.py`): whose weights train (all by
+        default: stage 2); `adapters`: parts ("vision", "llm") with trainable LoRA adapters, which pass gradients through frozen
         weights (the adapters' own rank-r products, ~r/width of a layer's, are left out)."""
 
         def dense(trains: bool, grads: bool) -> int:  # FLOPs per parameter per token
@@ -97,7 +97,7 @@ class FlopsModel:
         def attention(trains: bool, grads: bool) -> int:  # x d x T^2 per layer
             return 12 if trains or grads else 4
 
-        vit_grads = "vit" in adapters
+        vit, vit_grads = vision, "vision" in adapters
         v = self.vit_tokens_per_tile
         vit_flops = tiles * (
             dense(vit, vit_grads) * self.vit_params * v
@@ -119,11 +119,10 @@ def trained_parts(model) -> dict:
         adapter = [is_adapter(n) for m in modules for n, p in m.named_parameters() if p.requires_grad]
         return (not all(adapter), any(adapter))
 
-    inner = model.model
-    vit, vit_adapters = flags(inner.vision_tower)
-    llm, llm_adapters = flags(inner.language_model, model.lm_head)
-    adapters = tuple(name for name, on in (("vit", vit_adapters), ("llm", llm_adapters)) if on)
-    return {"vit": vit, "mlp": flags(inner.multi_modal_projector)[0], "llm": llm, "adapters": adapters}
+    trains = {name: flags(part) for name, part in vlm_parts(model).items()}
+    return {name: weights for name, (weights, _) in trains.items()} | {
+        "adapters": tuple(name for name, (_, adapters) in trains.items() if adapters)
+    }
 
 
 def peak_flops(device_name: str | None) -> float | None:

@@ -14,27 +14,18 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..model.lora import freeze_all_but_adapters, has_adapters
+from ..model.parts import vlm_parts
 
 log = logging.getLogger(__name__)
 
 
-def components(model) -> dict[str, torch.nn.Module]:
-    """The three parts of an `InternVLForConditionalGeneration` (the LLM includes its output layer)."""
-    return {
-        "vision": model.model.vision_tower,
-        "mlp": model.model.multi_modal_projector,
-        "llm": torch.nn.ModuleList([model.model.language_model, model.lm_head]),
-    }
-
-
 def parameter_table(model) -> list[tuple[str, int, int]]:
-    """[(component, trainable, frozen)] counting shared (tied) tensors once."""
+    """[(part, trainable, frozen)] counting shared (tied) tensors once."""
     rows, seen = [], set()
-    for name, module in components(model).items():
+    for name, module in vlm_parts(model).items():
         trainable = frozen = 0
         for p in module.parameters():
             if id(p) in seen:
@@ -86,7 +77,7 @@ class FreezeSchedule(L.Callback):
 
     def apply(self, model) -> None:
         """Set requires_grad on `model` (an InternVLForConditionalGeneration). Idempotent."""
-        parts = components(model)
+        parts = vlm_parts(model)
         for p in model.parameters():
             p.requires_grad_(True)
         if self.freeze_backbone:

@@ -9,17 +9,16 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
-from ..model.checkpointing import enable_activation_checkpointing
-from ..model.compile import compile_blocks
+from ..model.build import build_model
 from ..model.forward import vlm_hidden_states
-from ..model.lora import add_vlm_lora
 from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
-from .strategy import ParamScope, ZeroStrategy, deepspeed_grad_norm, is_zero3, prepare_for_strategy
+from .parallelize import TrainingSetup, parallelize
+from .strategy import ParamScope, ZeroStrategy, deepspeed_grad_norm
 
 
 class InternVLChat(L.LightningModule):
@@ -95,58 +94,61 @@ class InternVLChat(L.LightningModule):
         self._trained: dict = {}  # step_flops' keyword arguments: which parts train
         self._t_last: float | None = None
 
-    # ---- model ---------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        """Build the VLM (lazily, so strategies like ZeRO-3 can wrap construction)."""
-        if self.model is not None:
-            return
-        from ..model.build import build_model, load_pretrained_vlm
-
+    # ---- model ----------------------------------------------------------------------------
+    @property
+    def training_setup(self) -> TrainingSetup:
+        """What ``parallelize`` applies to the built model (adapters, checkpointing, compilation)."""
         h = self.hparams
-        options = dict(
+        return TrainingSetup(
+            vit_lora_rank=h.vit_lora_rank,
+            llm_lora_rank=h.llm_lora_rank,
+            lora_alpha=h.lora_alpha,
+            lora_dropout=h.lora_dropout,
+            lora_seed=h.seed,
+            checkpoint_vision=h.gradient_checkpointing_vit,
+            checkpoint_llm=h.gradient_checkpointing_llm,
+            compile_blocks=h.compile_blocks,
+        )
+
+    def build_vlm(self):
+        """The VLM these hyperparameters describe, as built before training (no adapters yet)."""
+        h = self.hparams
+        return build_model(
+            vision=h.vision,
+            llm=h.llm,
+            mlp=h.mlp,
+            preset=h.preset,
+            init_from=h.init_from,
+            seed=h.seed,
             drop_path_rate=h.drop_path_rate,
             select_layer=h.select_layer,
             downsample_ratio=h.downsample_ratio,
             ps_version=h.ps_version,
             attn_implementation=h.attn_implementation,
         )
-        if h.init_from:
-            self.model = load_pretrained_vlm(h.init_from, **options)
-        else:
-            self.model = build_model(
-                vision=h.vision, llm=h.llm, mlp=h.mlp, preset=h.preset, seed=h.seed, **options
-            )
-        zero3 = self._trainer is not None and is_zero3(self.trainer.strategy)
-        if h.vit_lora_rank or h.llm_lora_rank:
-            if zero3:
-                raise ValueError(
-                    "LoRA adapters are not supported with ZeRO-3 (the adapters would be created after "
-                    "the weights were partitioned): use ZeRO-1/2, DDP or Fsdp2Strategy"
-                )
-            wrapped = add_vlm_lora(
-                self.model, h.vit_lora_rank, h.llm_lora_rank, h.lora_alpha, h.lora_dropout, h.seed
-            )
-            rank_zero_info(f"LoRA adapters (layers wrapped): {wrapped}")
-        parts = [self.model.model.vision_tower] if h.gradient_checkpointing_vit else []
-        parts += [self.model.model.language_model] if h.gradient_checkpointing_llm else []
-        for part in parts:
-            enable_activation_checkpointing(part)
-        # Loaders return eval mode; Lightning keeps a module's mode, and drop path needs train().
+
+    def configure_model(self) -> None:
+        """Build the VLM (lazily, so strategies like ZeRO-3 can wrap construction), then set it up
+        for training in one place (``parallelize``: adapters, freezing, checkpointing, compile, sharding)."""
+        if self.model is not None:
+            return
+        self.model = self.build_vlm()
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        self.lm_head_scope = parallelize(
+            self.model, self.training_setup, strategy, self._settle_trainable, self
+        )
+        # Loaders return eval mode and adapters start in train mode; Lightning keeps a module's
+        # mode, and drop path needs train().
         self.model.train(self.training)
+
+    def _settle_trainable(self, model) -> None:
+        """Step 2 of ``parallelize``: the stage's freeze schedule, then what the MFU log needs to know
+        about the parts that train (requires_grad is settled here for the whole fit)."""
         for cb in self.trainer.callbacks if self._trainer is not None else []:
             if isinstance(cb, FreezeSchedule):
-                cb.apply(self.model)
-        self._flops = FlopsModel.from_model(self.model)
-        self._trained = trained_parts(self.model)  # requires_grad is settled here, for the whole fit
-        if h.compile_blocks:  # inside the checkpoints, before FSDP2 shards the blocks
-            if zero3:
-                raise ValueError(
-                    "compile_blocks does not work with ZeRO-3 (its parameter-gathering hooks run inside "
-                    "every block): use ZeRO-1/2, DDP or Fsdp2Strategy, or compile_blocks=false"
-                )
-            compile_blocks(self.model)
-        # Parallelism lives in strategy.py: FSDP2 sharding, ZeRO-3 gathering of lm_head for the loss.
-        self.lm_head_scope = prepare_for_strategy(self, self.model)
+                cb.apply(model)
+        self._flops = FlopsModel.from_model(model)
+        self._trained = trained_parts(model)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Last hidden states (B, L, D) of a packed batch."""

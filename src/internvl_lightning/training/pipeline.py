@@ -27,10 +27,24 @@ checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+@dataclass
+class StageSpec:
+    """One stage of a pipeline."""
+
+    name: str
+    """Directory name of the stage inside ``run_dir``."""
+    config: str
+    """The stage's recipe (a ``fit`` YAML, e.g. conf/stage1.yaml)."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """Values to fill in, by dotted key (``model.vision``, ``data.shards``, ``trainer.max_steps``)."""
 
 
 def _set(cfg: dict, dotted: str, value: Any) -> None:
@@ -48,10 +62,10 @@ def _callback(cfg: dict, suffix: str) -> dict | None:
     return None
 
 
-def stage_config(spec: dict, stage_dir: Path, init_from: Path | None) -> dict:
+def stage_config(spec: StageSpec, stage_dir: Path, init_from: Path | None) -> dict:
     """The stage's recipe with the user's values, this run's directories and the hand-off applied."""
-    cfg = yaml.safe_load(Path(spec["config"]).read_text())
-    for key, value in (spec.get("set") or {}).items():
+    cfg = yaml.safe_load(Path(spec.config).read_text())
+    for key, value in spec.set.items():
         _set(cfg, key, value)
     _set(cfg, "trainer.default_root_dir", str(stage_dir))
     if init_from is not None:
@@ -75,9 +89,9 @@ def is_complete(stage_dir: Path) -> bool:
     return (stage_dir / "hf" / "stage_complete.json").is_file()
 
 
-def run_stage(spec: dict, stage_dir: Path, init_from: Path | None) -> Path:
+def run_stage(spec: StageSpec, stage_dir: Path, init_from: Path | None) -> Path:
     """Fit one stage through the CLI (so it runs exactly like `fit --config`); returns its output dir."""
-    from ..cli import main
+    from .fit import run_lightning
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     config = stage_dir / "stage.yaml"
@@ -86,41 +100,63 @@ def run_stage(spec: dict, stage_dir: Path, init_from: Path | None) -> Path:
     last = stage_dir / "checkpoints" / "last.ckpt"
     if last.exists():
         args.append(f"--ckpt_path={last}")
-    main(args)
+    run_lightning(args)
     if not is_complete(stage_dir):
-        raise RuntimeError(f"stage {spec['name']} ended without writing its output in {stage_dir / 'hf'}")
+        raise RuntimeError(f"stage {spec.name} ended without writing its output in {stage_dir / 'hf'}")
     return stage_dir / "hf"
 
 
-def run_pipeline(pipeline: dict | str | Path, on_stage_end=None) -> dict[str, Any]:
-    """Run every stage in order (skipping finished ones), then the evaluations and the export."""
-    if not isinstance(pipeline, dict):
-        pipeline = yaml.safe_load(Path(pipeline).read_text())
-    run_dir = Path(pipeline["run_dir"])
+def run_pipeline(
+    run_dir: str | Path,
+    stages: list[StageSpec],
+    evaluate: list[dict[str, Any]] | None = None,
+    export: dict[str, bool] | None = None,
+    init_from: str | Path | None = None,
+    on_stage_end: Callable[[str, Path], None] | None = None,
+) -> dict[str, Any]:
+    """Run stage 1 -> 1.5 -> 2 -> evaluate -> export from one spec, skipping finished stages.
+
+    Each stage runs in ``run_dir/<name>`` and ends with an HF-native output in
+    ``run_dir/<name>/hf``, the next stage's ``model.init_from``; an interrupted stage resumes from
+    its last checkpoint. The spec is these arguments in a YAML file (``pipeline --config FILE``).
+
+    Args:
+        run_dir: where every stage, the evaluations and the export go.
+        stages: the stages in order (name, recipe, values to set).
+        evaluate: evaluations of the final model: ``{benchmark, data, ...}`` (options of ``evaluate``).
+        export: ``{hf: true, original: false}``: the exports of the final model.
+        init_from: a model dir the first stage starts from (instead of its recipe's components).
+        on_stage_end: called with (stage name, output dir) after each stage (Python only).
+    """
+    run_dir = Path(run_dir)
+    specs = [s if isinstance(s, StageSpec) else StageSpec(**s) for s in stages]
     outputs: dict[str, Any] = {"stages": {}}
-    init_from = Path(pipeline["init_from"]) if pipeline.get("init_from") else None
-    for spec in pipeline["stages"]:
-        stage_dir = run_dir / spec["name"]
+    start = Path(init_from) if init_from else None
+    for spec in specs:
+        stage_dir = run_dir / spec.name
         if is_complete(stage_dir):
-            print(f"[pipeline] {spec['name']}: already complete, skipping")
+            print(f"[pipeline] {spec.name}: already complete, skipping")
         else:
-            print(f"[pipeline] {spec['name']}: training ({spec['config']})")
-            run_stage(spec, stage_dir, init_from)
-        init_from = stage_dir / "hf"
-        outputs["stages"][spec["name"]] = str(init_from)
+            print(f"[pipeline] {spec.name}: training ({spec.config})")
+            run_stage(spec, stage_dir, start)
+        start = stage_dir / "hf"
+        outputs["stages"][spec.name] = str(start)
         if on_stage_end is not None:
-            on_stage_end(spec["name"], init_from)
-    if init_from is None:
+            on_stage_end(spec.name, start)
+    if start is None:
         raise ValueError("the pipeline has no stages")
-    outputs["final"] = str(init_from)
-    outputs["evaluate"] = [
-        evaluate_output(init_from, run_dir / "eval", **e) for e in pipeline.get("evaluate") or []
-    ]
-    export = pipeline.get("export")
+    outputs["final"] = str(start)
+    outputs["evaluate"] = [evaluate_output(start, run_dir / "eval", **e) for e in evaluate or []]
     if export:
-        outputs["export"] = export_output(init_from, run_dir / "export", **export)
+        outputs["export"] = export_output(start, run_dir / "export", **export)
     (run_dir / "pipeline.json").write_text(json.dumps(outputs, indent=2) + "\n")
     return outputs
+
+
+def run_pipeline_file(path: str | Path, **overrides: Any) -> dict[str, Any]:
+    """:func:`run_pipeline` with the arguments of a YAML spec file."""
+    spec: Mapping[str, Any] = yaml.safe_load(Path(path).read_text())
+    return run_pipeline(**(dict(spec) | overrides))
 
 
 def evaluate_output(
@@ -135,23 +171,11 @@ def evaluate_output(
 
 def export_output(model_dir: Path, out_dir: Path, hf: bool = True, original: bool = False) -> dict[str, str]:
     """Copy the final model out as an HF-native directory and, optionally, in the original layout."""
-    from ..export import export_hf, export_original
-    from ..export.load import resolve_model
+    from .commands import export_checkpoint
 
     done = {}
     if hf:
-        done["hf"] = str(export_hf(model_dir, out_dir / "hf"))
+        done["hf"] = str(export_checkpoint(model_dir, out_dir / "hf"))
     if original:
-        model, tok = resolve_model(model_dir)
-        done["original"] = str(export_original(model, out_dir / "original", tok))
+        done["original"] = str(export_checkpoint(model_dir, out_dir / "original", layout="original"))
     return done
-
-
-def add_pipeline_args(parser) -> None:
-    parser.add_argument("--config", required=True, help="pipeline YAML (see training/pipeline.py)")
-
-
-def run_pipeline_cli(args) -> int:
-    outputs = run_pipeline(args.config)
-    print(json.dumps(outputs, indent=2))
-    return 0

@@ -35,7 +35,6 @@ beyond one module.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -138,6 +137,9 @@ class Plan:
     def total_params(self) -> int:
         return sum(t + f for t, f in self.params.values())
 
+    def __str__(self) -> str:
+        return format_plan(self)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["memory"] |= {
@@ -167,8 +169,8 @@ def _largest_module(model) -> int:
 def plan(
     preset: str,
     stage: str | float,
-    gpus: int,
-    gpu_memory_gb: float,
+    gpus: int = 512,
+    gpu_memory_gb: float = 80.0,
     zero: int | None = None,
     mfu: float = 0.4,
     tokens_per_step: float | None = None,
@@ -182,15 +184,27 @@ def plan(
     flash_attention: bool = True,
     bucket_size: int | None = None,
 ) -> Plan:
-    """Plan one stage of a named preset (see module docstring for every formula).
+    """Parameters, memory per GPU (ZeRO 1/2/3, activations) and days of a stage for a preset.
+
+    Every formula is in the docstring of ``training/plan.py``.
 
     Args:
-        preset: "1b" ... "78b" (or "tiny"); stage: "1", "1.5" or "2".
-        gpus: data-parallel GPUs; gpu_memory_gb: memory of one GPU in GiB.
-        zero, grad_acc, steps, bucket_size: default to the reference recipe of this size and stage.
+        preset: 1b, 2b, 4b, 8b, 26b, 38b, 78b (or tiny).
+        stage: 1, 1.5 or 2.
+        gpus: data-parallel GPUs (512 = 64 nodes x 8).
+        gpu_memory_gb: memory of one GPU in GiB.
+        zero: ZeRO stage, 0 for plain DDP (default: the reference recipe's).
+        mfu: assumed model FLOPs utilisation.
         tokens_per_step: LLM tokens per optimizer step (default gpus x pack_tokens x grad_acc).
-        peak_tflops: dense bf16 peak of one GPU (default H100, 989).
-        sample_tokens: length of the samples inside a pack (attention FLOPs grow with its square).
+        grad_acc: gradient accumulation (default: the recipe's; 2 in stage 1.5).
+        steps: optimizer steps of the stage (default: the recipe's).
+        peak_tflops: dense bf16 peak of one GPU in TFLOP/s (default H100, 989).
+        pack_tokens: tokens per pack.
+        tiles_per_pack: tiles per pack.
+        sample_tokens: mean sample length inside a pack (attention FLOPs grow with its square).
+        loss_chunk: positions per chunk of the logits-free loss.
+        flash_attention: attention never stores its score matrix (false: eager/sdpa-math).
+        bucket_size: ZeRO bucket size (default: the recipe's).
     """
     from ..model.presets import get_preset, meta_model
 
@@ -358,43 +372,3 @@ def format_plan(pl: Plan) -> str:
     ]
     out += [f"note: {s}" for s in pl.notes]
     return "\n".join(out)
-
-
-def add_plan_args(parser) -> None:
-    a = parser.add_argument
-    a("--preset", required=True, help="1b, 2b, 4b, 8b, 26b, 38b, 78b (or tiny)")
-    a("--stage", required=True, choices=STAGES)
-    a("--gpus", type=int, default=512, help="data-parallel GPUs (default 512 = 64 nodes x 8)")
-    a("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
-    a("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage (default: the reference recipe's)")
-    a("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
-    a("--tokens-per-step", type=float, help="LLM tokens per optimizer step (default gpus x pack x grad-acc)")
-    a("--grad-acc", type=int, help="gradient accumulation (default: the recipe's; 2 in stage 1.5)")
-    a("--steps", type=int, help="optimizer steps of the stage (default: the recipe's)")
-    a("--peak-tflops", type=float, help="dense bf16 peak per GPU in TFLOP/s (default 989, H100)")
-    a("--pack-tokens", type=int, default=16384)
-    a("--tiles-per-pack", type=int, default=48)
-    a("--sample-tokens", type=int, default=4096, help="mean sample length inside a pack (attention FLOPs)")
-    a("--no-flash", action="store_true", help="store attention scores (eager/sdpa-math attention)")
-    a("--json", action="store_true", help="print the plan as JSON")
-
-
-def run_plan(args) -> int:
-    pl = plan(
-        args.preset,
-        args.stage,
-        args.gpus,
-        args.gpu_memory,
-        zero=args.zero,
-        mfu=args.mfu,
-        tokens_per_step=args.tokens_per_step,
-        grad_acc=args.grad_acc,
-        steps=args.steps,
-        peak_tflops=args.peak_tflops,
-        pack_tokens=args.pack_tokens,
-        tiles_per_pack=args.tiles_per_pack,
-        sample_tokens=args.sample_tokens,
-        flash_attention=not args.no_flash,
-    )
-    print(json.dumps(pl.to_dict(), indent=2) if args.json else format_plan(pl))
-    return 0

@@ -16,9 +16,14 @@ class StageOutput(L.Callback):
 
     The directory also records `stage_complete.json`, which the pipeline uses to skip a finished
     stage on re-runs. Data settings (template, normalisation, tiling) come from the DataModule.
+
+    Args:
+        dirpath: output directory (default: `hf/` under the trainer's `default_root_dir`, so the
+            output follows the run).
+        dtype: convert the weights (e.g. "bfloat16"); default: as trained.
     """
 
-    def __init__(self, dirpath: str, dtype: str | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, dtype: str | None = None) -> None:
         self.dirpath = dirpath
         self.dtype = dtype
 
@@ -41,10 +46,11 @@ class StageOutput(L.Callback):
         tokenizer = (
             dm.tokenizer_object if hasattr(dm, "tokenizer_object") else (h.get("init_from") or h.get("llm"))
         )
+        dirpath = self.dirpath or str(Path(trainer.default_root_dir) / "hf")
         with consolidated(trainer, pl_module.model) as model:  # whole on rank 0 under ZeRO-3 / FSDP2 too
             if trainer.is_global_zero:
                 dtype = getattr(torch, self.dtype) if self.dtype else None
-                out = export_hf(model, self.dirpath, tokenizer, dtype=dtype, **settings)
+                out = export_hf(model, dirpath, tokenizer, dtype=dtype, **settings)
                 done = {"global_step": trainer.global_step, "stage_complete": True}
                 (Path(out) / "stage_complete.json").write_text(json.dumps(done, indent=2) + "\n")
                 rank_zero_info(f"stage output written to {out}")

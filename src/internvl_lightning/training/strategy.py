@@ -5,10 +5,9 @@ below are theirs: AdamW from the trainer, bf16, gradient clipping 1.0, overlap_c
 contiguous gradients, and per-stage bucket sizes. Larger models only lower the ZeRO-3
 parameter-persistence threshold (so fewer small tensors stay replicated).
 
-The model code knows nothing of parallelism. `InternVLChat.configure_model` calls
-`prepare_for_strategy` once, which shards the model for FSDP2 and returns the small wrapper the
-loss runs in (ZeRO-3 must gather the output layer, which the logits-free loss reads directly).
-`consolidated` gives the whole model on rank 0 for export, whatever the strategy.
+The model code knows nothing of parallelism. `parallelize.py` applies a strategy's wrapping to
+the built model (FSDP2 sharding; the `ParamScope` in which ZeRO-3 gathers the output layer for the
+logits-free loss). `consolidated` gives the whole model on rank 0 for export, whatever the strategy.
 """
 
 from __future__ import annotations
@@ -249,20 +248,6 @@ class ParamScope(torch.nn.Module):
 
 def is_zero3(strategy: Any) -> bool:
     return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
-
-
-def prepare_for_strategy(pl_module: L.LightningModule, model) -> ParamScope:
-    """Strategy-specific wrapping, called at the end of `configure_model`.
-
-    FSDP2 (`ModelParallelStrategy`): shard the model (`shard_fsdp2`). Returns the `ParamScope`
-    the loss must run in (it gathers the output layer under ZeRO-3).
-    """
-    strategy = pl_module._trainer.strategy if pl_module._trainer is not None else None
-    if isinstance(strategy, Fsdp2Strategy):
-        strategy.shard(pl_module, model)
-    elif isinstance(strategy, ModelParallelStrategy):
-        raise ValueError("InternVL has no tensor-parallel plan: use Fsdp2Strategy for FSDP2")
-    return ParamScope(list(model.lm_head.parameters()) if is_zero3(strategy) else None)
 
 
 def deepspeed_grad_norm(strategy: Any) -> float | None:

@@ -7,33 +7,26 @@ stage YAML names each component once, and the saved config shows the values that
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Any
+
+from ..model.config import tokens_per_tile as tile_tokens
+from ..model.config import vision_geometry
+from ..model.load import load_vision_config, read_config
+from ..model.presets import get_preset
 
 
-def _vision_config(vision: str | None, init_from: str | None, preset: str | None) -> tuple[int, int]:
-    """(image_size, patch_size) of the vision encoder a run will build."""
+def _vision(vision: str | None, init_from: str | None, preset: str | None) -> tuple[Any, float | None]:
+    """The vision encoder a run will build (a config, a config dict or a preset) and the stored
+    downsample ratio, if any."""
     if init_from:
-        cfg = json.loads((Path(init_from) / "config.json").read_text())
-        cfg = cfg.get("vision_config", cfg)
-    elif vision:
-        path = Path(vision) / "config.json"
-        if not path.is_file():
-            raise ValueError(f"vision encoder directory {vision} has no config.json")
-        cfg = json.loads(path.read_text())
-    elif preset:
-        from ..model.presets import get_preset
-
-        p = get_preset(preset).vision
-        return p.image_size, p.patch_size
-    else:
-        raise ValueError(
-            "pass --model.vision=DIR (stage 1) or --model.init_from=DIR (a previous stage's output)"
-        )
-    size, patch = cfg.get("image_size", 448), cfg.get("patch_size", 14)
-    size = size[0] if isinstance(size, list) else size
-    patch = patch[0] if isinstance(patch, list) else patch
-    return int(size), int(patch)
+        raw = read_config(init_from, "init_from")
+        return raw.get("vision_config", raw), raw.get("downsample_ratio")
+    if vision:
+        return load_vision_config(vision), None
+    if preset:
+        p = get_preset(preset)
+        return p.vision, p.downsample_ratio
+    raise ValueError("pass --model.vision=DIR (stage 1) or --model.init_from=DIR (a previous stage's output)")
 
 
 def tokenizer_dir(llm: str | None, init_from: str | None) -> str | None:
@@ -42,18 +35,15 @@ def tokenizer_dir(llm: str | None, init_from: str | None) -> str | None:
 
 
 def image_size(vision: str | None, init_from: str | None, preset: str | None) -> int:
-    return _vision_config(vision, init_from, preset)[0]
+    return vision_geometry(_vision(vision, init_from, preset)[0])[0]
 
 
 def tokens_per_tile(
     vision: str | None, init_from: str | None, preset: str | None, downsample_ratio: float | None
 ) -> int:
     """(image_size / patch_size)^2 x downsample_ratio^2: 256 for InternViT at 448 px."""
-    size, patch = _vision_config(vision, init_from, preset)
-    ratio = downsample_ratio
-    if ratio is None and init_from:
-        ratio = json.loads((Path(init_from) / "config.json").read_text()).get("downsample_ratio")
-    return int((size // patch) ** 2 * (ratio or 0.5) ** 2)
+    config, stored = _vision(vision, init_from, preset)
+    return tile_tokens(config, downsample_ratio or stored or 0.5)
 
 
 def link_model_to_data(parser) -> None:
