@@ -26,9 +26,9 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
+from tests.helpers.fake_gpu import CpuZeroStrategy  # noqa: E402
 from tiny_data import tiny_datamodule  # noqa: E402
 
-from fake_gpu import CpuZeroStrategy  # noqa: E402
 from internvl_lightning.model.build import build_model  # noqa: E402
 from internvl_lightning.model.load import load_pretrained_vlm  # noqa: E402
 from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState  # noqa: E402

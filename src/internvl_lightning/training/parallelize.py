@@ -4,10 +4,12 @@
 2. freezing (the stage's ``FreezeSchedule``: requires_grad settles here for the whole fit);
 3. activation checkpointing (each block recomputes in backward);
 4. ``torch.compile`` of each block (inside the checkpoint wrapper, so recompute runs compiled);
-5. the strategy's wrapping: FSDP2 shards each block and the root; ZeRO-3 gathers the output layer
-   for the logits-free loss (the returned :class:`ParamScope`); others need nothing.
+5. the strategy's wrapping: a strategy with a ``parallelize_model(root, model)`` method applies it
+   (FSDP2 shards each block and the root); ZeRO-3 gathers the output layer for the logits-free
+   loss (the returned :class:`ParamScope`); others need nothing.
 
-What cannot be combined is refused before anything is changed.
+What cannot be combined is refused before anything is changed. A new strategy brings its wrapping
+as its own ``parallelize_model``; nothing here changes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ..model.checkpointing import enable_activation_checkpointing
 from ..model.compile import compile_blocks
 from ..model.lora import add_vlm_lora
-from .strategy import Fsdp2Strategy, ParamScope, is_zero3
+from .strategy import ParamScope, is_zero3
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def check_setup(setup: TrainingSetup, strategy: Any) -> None:
                 "compile_blocks does not work with ZeRO-3 (its parameter-gathering hooks run inside "
                 "every block): use ZeRO-1/2, DDP or Fsdp2Strategy, or compile_blocks=false"
             )
-    if isinstance(strategy, ModelParallelStrategy) and not isinstance(strategy, Fsdp2Strategy):
+    if isinstance(strategy, ModelParallelStrategy) and not hasattr(strategy, "parallelize_model"):
         raise ValueError("InternVL has no tensor-parallel plan: use Fsdp2Strategy for FSDP2")
 
 
@@ -79,8 +81,8 @@ def parallelize(
     root: L.LightningModule | None = None,
 ) -> ParamScope:
     """Apply ``setup`` to ``model`` (an ``InternVLForConditionalGeneration``) in the order of the
-    module docstring. ``freeze`` sets requires_grad (step 2); ``root`` is the LightningModule FSDP2
-    makes its root unit. Returns the scope the loss must run in."""
+    module docstring. ``freeze`` sets requires_grad (step 2); ``root`` is the LightningModule (FSDP2
+    makes it the root unit). Returns the scope the loss must run in."""
     check_setup(setup, strategy)
     wrapped = add_adapters(model, setup)
     if wrapped:
@@ -93,6 +95,7 @@ def parallelize(
         enable_activation_checkpointing(part)
     if setup.compile_blocks:
         compile_blocks(model)
-    if isinstance(strategy, Fsdp2Strategy):
-        strategy.shard(root, model)
+    wrap = getattr(strategy, "parallelize_model", None)
+    if wrap is not None:
+        wrap(root, model)
     return ParamScope(list(model.lm_head.parameters()) if is_zero3(strategy) else None)

@@ -166,7 +166,7 @@ class Fsdp2Strategy(ModelParallelStrategy):
 
     Lightning's `ModelParallelStrategy` defaults to data parallel across nodes and tensor parallel
     within a node; InternVL has no tensor-parallel plan, so every rank is one data-parallel shard.
-    The module shards itself in `configure_model` (see `shard_fsdp2`). Checkpoints are
+    `parallelize_model` shards the model in `configure_model` (see `shard_fsdp2`). Checkpoints are
     distributed (one file per rank) unless `save_distributed_checkpoint=False`.
 
     Args:
@@ -197,7 +197,8 @@ class Fsdp2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes  # all ranks shard the model
         super().setup_environment()
 
-    def shard(self, pl_module: L.LightningModule, model) -> None:
+    def parallelize_model(self, pl_module: L.LightningModule, model) -> None:
+        """Step 5 of `parallelize.parallelize`: shard `model` (blocks, then `pl_module` as the root)."""
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         dtype = lambda name: getattr(torch, name) if name else None  # noqa: E731

@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from datagen import write_dataset
 from internvl_lightning.constants import IGNORE_INDEX, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 from internvl_lightning.data.encode import EncodeConfig, count_sample, encode_sample, image_size_of
 from internvl_lightning.data.image import load_image, normalize_tiles
@@ -17,6 +16,7 @@ from internvl_lightning.data.schema import SampleTooLong
 from internvl_lightning.data.tiling import pixel_values, tile_grid
 from internvl_lightning.model.components import build_tokenizer
 from internvl_lightning.tokenizer import add_vlm_tokens
+from tests.helpers.datagen import write_dataset
 
 S, TPT = 64, 16
 CFG = EncodeConfig(image_size=S, tokens_per_tile=TPT, min_num_frames=2, max_num_frames=4, max_length=2048)

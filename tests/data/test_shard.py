@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from datagen import write_dataset
 from internvl_lightning.cli import main
 from internvl_lightning.data.encode import EncodeConfig, encode_sample
 from internvl_lightning.data.shard import ShardFailed, parse_size, shard_dataset
 from internvl_lightning.data.sources import read_shard_samples
 from internvl_lightning.model.components import build_tokenizer
 from internvl_lightning.tokenizer import add_vlm_tokens
+from tests.helpers.datagen import write_dataset
 
 # min == max frames: a video's encoded length is then exactly the shard tool's (max-frames) count
 CFG = EncodeConfig(image_size=64, tokens_per_tile=16, min_num_frames=4, max_num_frames=4, max_length=1024)

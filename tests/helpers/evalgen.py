@@ -10,7 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
-ASSETS = Path(__file__).parent / "assets" / "images"
+from . import IMAGES as ASSETS
+
 COLORS = ["red", "green", "blue", "yellow", "purple"]
 RGB = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20), "purple": (150, 40, 160)}  # fmt: skip
 

@@ -26,8 +26,7 @@ from internvl_lightning.training.checkpoint import load_lightning_checkpoint
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.module import InternVLChat
 from internvl_lightning.training.strategy import ZeroStrategy
-from test_export import _inputs
-from test_module import make_sample
+from tests.helpers.batches import make_sample, vlm_inputs
 
 
 def _logits(model, ids, pixels):
@@ -52,7 +51,7 @@ def base(tiny_components):
 
 def test_fresh_adapters_change_nothing_and_only_they_train(base):
     model = copy.deepcopy(base)
-    ids, pixels = _inputs(model)
+    ids, pixels = vlm_inputs(model)
     before = _logits(model, ids, pixels)
     assert add_vlm_lora(model, vit_rank=4, llm_rank=4) == {"vision": 2 * 6, "llm": 2 * 7}  # 2 layers each
     assert torch.equal(_logits(model, ids, pixels), before)
@@ -89,7 +88,7 @@ def test_merged_weights_compute_what_the_adapters_compute(base):
     assert state.keys() == base.state_dict().keys()  # the unadapted layout, no lora_ names
     plain = copy.deepcopy(base)
     plain.load_state_dict(state)
-    ids, pixels = _inputs(model)
+    ids, pixels = vlm_inputs(model)
     torch.testing.assert_close(_logits(plain, ids, pixels), _logits(model, ids, pixels), atol=1e-5, rtol=1e-5)
 
 
@@ -97,7 +96,7 @@ def test_exports_merge_the_adapters(base, tiny_components, tmp_path):
     model = copy.deepcopy(base)
     add_vlm_lora(model, vit_rank=2, llm_rank=2)
     _randomise_adapters(model)
-    ids, pixels = _inputs(model)
+    ids, pixels = vlm_inputs(model)
     want = _logits(model, ids, pixels)
     tok = load_tokenizer(tiny_components[1])
     hf = AutoModelForImageTextToText.from_pretrained(export_hf(model, tmp_path / "hf", tok))
@@ -127,7 +126,7 @@ def test_training_moves_adapters_only_and_checkpoints_reload(tiny_components, tm
     ckpt = tmp_path / "lora.ckpt"
     trainer.save_checkpoint(ckpt)
     reloaded, _ = load_lightning_checkpoint(ckpt)
-    ids, pixels = _inputs(reloaded)
+    ids, pixels = vlm_inputs(reloaded)
     assert torch.equal(_logits(reloaded, ids, pixels), _logits(module.model, ids, pixels))
 
 

@@ -15,26 +15,12 @@ from internvl_lightning.data.templates import render
 from internvl_lightning.data.tiling import pixel_values
 from internvl_lightning.export import export_hf, export_original
 from internvl_lightning.model.build import build_model
-from internvl_lightning.model.config import tokens_per_tile
 from internvl_lightning.model.load import load_original
 from internvl_lightning.tokenizer import load_tokenizer
+from tests.helpers import IMAGES
+from tests.helpers.batches import model_logits, vlm_inputs
 
-ASSET = Path(__file__).parent / "assets" / "images" / "image1.jpg"
-
-
-def _inputs(model, tiles: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    per_tile = tokens_per_tile(cfg.vision_config, cfg.downsample_ratio)
-    text = torch.randint(5, cfg.image_token_id - 2, (12,), generator=g)
-    ids = torch.cat([text[:4], torch.full((tiles * per_tile,), cfg.image_token_id), text[4:]])[None]
-    size = cfg.vision_config.image_size[0]
-    return ids, torch.randn(tiles, 3, size, size, generator=g)
-
-
-def _logits(model, ids, pixels):
-    with torch.no_grad():
-        return model(input_ids=ids, pixel_values=pixels).logits
+ASSET = IMAGES / "image1.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +29,7 @@ def tiny(tiny_components):
     return build_model(vision=vision, llm=llm), load_tokenizer(llm)
 
 
-def test_hf_export_loads_natively_with_identical_logits(tiny, tmp_path):
+def test_hf_export_loads_natively_with_identicalmodel_logits(tiny, tmp_path):
     model, tok = tiny
     out = export_hf(model, tmp_path / "hf", tok, max_dynamic_patch=6)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
@@ -51,11 +37,11 @@ def test_hf_export_loads_natively_with_identical_logits(tiny, tmp_path):
         assert (out / name).exists(), name
     loaded = AutoModelForImageTextToText.from_pretrained(out)
     assert type(loaded).__name__ == "InternVLForConditionalGeneration"
-    ids, pixels = _inputs(model)
-    assert torch.equal(_logits(loaded, ids, pixels), _logits(model, ids, pixels))
+    ids, pixels = vlm_inputs(model)
+    assert torch.equal(model_logits(loaded, ids, pixels), model_logits(model, ids, pixels))
 
 
-def _processor_inputs(out: Path, image: Image.Image, question: str) -> dict:
+def _processorvlm_inputs(out: Path, image: Image.Image, question: str) -> dict:
     """What `AutoProcessor` gives for one image + question.
 
     `InternVLProcessor` can only be built where torchvision is installed (its video processor
@@ -91,7 +77,7 @@ def test_exported_processor_reproduces_training_inputs_and_generates(tiny, tmp_p
     model, tok = tiny
     out = export_hf(model, tmp_path / "hf", tok, max_dynamic_patch=6)
     image = Image.open(ASSET).convert("RGB")
-    inputs = _processor_inputs(out, image, "What is in the picture?")
+    inputs = _processorvlm_inputs(out, image, "What is in the picture?")
 
     ours = pixel_values(image, max_num=6, image_size=model.config.vision_config.image_size[0])
     torch.testing.assert_close(inputs["pixel_values"], ours, atol=1e-6, rtol=0)
@@ -120,12 +106,16 @@ def test_original_layout_round_trip(which, tiny_components, tiny_components_orig
     assert {"mlp1.0.weight", "mlp1.1.weight", "mlp1.3.weight"} <= keys
     assert any(k.startswith("language_model.") for k in keys)
     back = load_original(out)
-    ids, pixels = _inputs(model)
-    torch.testing.assert_close(_logits(back, ids, pixels), _logits(model, ids, pixels), atol=1e-5, rtol=1e-5)
+    ids, pixels = vlm_inputs(model)
+    torch.testing.assert_close(
+        model_logits(back, ids, pixels), model_logits(model, ids, pixels), atol=1e-5, rtol=1e-5
+    )
     # ... and from there to HF-native again
     hf = export_hf(out, tmp_path / "hf")
     again = AutoModelForImageTextToText.from_pretrained(hf)
-    torch.testing.assert_close(_logits(again, ids, pixels), _logits(model, ids, pixels), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model_logits(again, ids, pixels), model_logits(model, ids, pixels), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_export_rejects_unknown_source(tmp_path):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "notebook.ipynb"
+from tests.helpers import REPO
+
+NOTEBOOK = REPO / "examples" / "notebook.ipynb"
 
 
 @pytest.mark.slow

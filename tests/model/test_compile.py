@@ -64,6 +64,7 @@ def test_blocks_are_found_and_missing_ones_named():
         transformer_blocks(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.slow
 def test_compiled_blocks_match_eager_under_checkpointing():
     eager = tiny_model().train()
     compiled = copy.deepcopy(eager)

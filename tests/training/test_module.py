@@ -8,34 +8,10 @@ import torch
 
 from internvl_lightning.data.accumulate import StepWindow
 from internvl_lightning.data.collate import PackingCollator
-from internvl_lightning.data.packing import EncodedSample
-from internvl_lightning.model.config import tokens_per_tile
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.loss import weighted_loss
 from internvl_lightning.training.module import InternVLChat
-
-
-def make_module(components, **kwargs) -> InternVLChat:
-    vision, llm = components
-    module = InternVLChat(vision=str(vision), llm=str(llm), **kwargs)
-    module.configure_model()
-    return module
-
-
-def make_sample(sid: str, n_text: int, tiles: int, model, seed: int) -> EncodedSample:
-    """Random tokens with one image run of `tiles` tiles in the middle; the second half is trained."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    per_tile = tokens_per_tile(cfg.vision_config, cfg.downsample_ratio)
-    vocab = cfg.image_token_id - 2  # ordinary tokens only
-    text = torch.randint(5, vocab, (n_text,), generator=g)
-    image = torch.full((tiles * per_tile,), cfg.image_token_id)
-    ids = torch.cat([text[: n_text // 2], image, text[n_text // 2 :]])
-    labels = ids.clone()
-    labels[: len(ids) - n_text // 2] = -100
-    size = cfg.vision_config.image_size[0]
-    pixels = torch.randn(tiles, 3, size, size, generator=g)
-    return EncodedSample(sid, "test", ids, labels, pixels, torch.ones(tiles, dtype=torch.long))
+from tests.helpers.batches import make_module, make_sample
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +169,7 @@ def test_missing_components_message():
         InternVLChat()
 
 
+@pytest.mark.slow
 def test_compiled_blocks_train_like_eager(tiny_components):
     """`compile_blocks=True` under the Trainer: the same gradients as the eager module, in stage 1
     (frozen towers, gradients passing through the compiled LLM blocks) and stage 2."""

@@ -6,46 +6,22 @@ Random weights: these tests check that everything runs and is counted, never acc
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
-import torch
 
-from evalgen import write_mathvista, write_mmbench, write_mmmu_json, write_vqa
 from internvl_lightning.cli import main
 from internvl_lightning.evaluation import evaluate, generate_batch, get_benchmark, load_samples, read_settings
 from internvl_lightning.evaluation.baselines import baseline_key, guess_size, lookup
 from internvl_lightning.evaluation.runner import predict
-from internvl_lightning.export import export_hf
-from internvl_lightning.model import build_model
 
 TOKENS = 4  # new tokens per answer: enough to exercise the KV cache, cheap on CPU
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_components, tmp_path_factory):
-    """An HF-native export of the tiny model, trained (so it says) with at most 4 tiles."""
-    vision, llm = tiny_components
-    model = build_model(vision=vision, llm=llm)
-    return export_hf(model, tmp_path_factory.mktemp("tiny_vlm"), llm, max_dynamic_patch=4)
-
-
-@pytest.fixture(scope="module")
-def bench_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    return {
-        "mmbench": write_mmbench(root / "mmbench_dev_en.tsv", n=3),
-        "mmmu": write_mmmu_json(root / "mmmu"),
-        "mathvista": write_mathvista(root / "mathvista"),
-        "vqa": write_vqa(root / "textvqa"),
-    }
-
-
 @pytest.mark.parametrize("benchmark", ["mmbench", "mmmu", "mathvista", "vqa"])
-def test_evaluate_end_to_end(model_dir, bench_files, tmp_path, benchmark):
+def test_evaluate_end_to_end(tiny_vlm_dir, bench_files, tmp_path, benchmark):
     circular = benchmark == "mmbench"
     result = evaluate(
-        model_dir, benchmark, bench_files[benchmark], batch_size=3, max_new_tokens=TOKENS,
+        tiny_vlm_dir, benchmark, bench_files[benchmark], batch_size=3, max_new_tokens=TOKENS,
         circular=circular, out_dir=tmp_path, baseline="8b",
     )  # fmt: skip
     expected = {"mmbench": 11, "mmmu": 3, "mathvista": 4, "vqa": 3}[benchmark]  # mmbench: 4+3+4 copies
@@ -68,12 +44,12 @@ def test_evaluate_end_to_end(model_dir, bench_files, tmp_path, benchmark):
         assert set(result.metrics) == {"vqa", "exact", "anls", "relaxed"}
 
 
-def test_batched_equals_one_by_one(model_dir, bench_files):
+def test_batched_equals_one_by_one(tiny_vlm_dir, bench_files):
     """Left padding + concatenated tiles of different counts give the same answers as batch 1."""
     from internvl_lightning.model.load import load_vlm_and_tokenizer as resolve_model
 
-    model, tok = resolve_model(model_dir)
-    settings = read_settings(model_dir, model)
+    model, tok = resolve_model(tiny_vlm_dir)
+    settings = read_settings(tiny_vlm_dir, model)
     samples = load_samples(get_benchmark("vqa"), bench_files["vqa"])
     samples += load_samples(get_benchmark("mmmu"), bench_files["mmmu"])
     requests = [s.request for s in samples]
@@ -82,46 +58,46 @@ def test_batched_equals_one_by_one(model_dir, bench_files):
     assert batched == single
 
 
-def test_model_object_and_explicit_rank(model_dir, tiny_components, bench_files):
+def test_model_object_and_explicit_rank(tiny_vlm_dir, tiny_components, bench_files):
     from internvl_lightning.model.load import load_vlm_and_tokenizer as resolve_model
 
-    model, _ = resolve_model(model_dir)
+    model, _ = resolve_model(tiny_vlm_dir)
     result = evaluate(
-        model, "vqa", bench_files["vqa"], tokenizer=str(model_dir), limit=2, max_new_tokens=TOKENS
+        model, "vqa", bench_files["vqa"], tokenizer=str(tiny_vlm_dir), limit=2, max_new_tokens=TOKENS
     )
     assert result.num_samples == 2 and result.baseline is None  # tiny: no published size near it
     assert result.settings["max_num"] == 6  # no training record beside a bare model object
     samples = load_samples(get_benchmark("vqa"), bench_files["vqa"])
     answers = predict(
-        model, result_tok(model_dir), samples, read_settings(None, model), 2, TOKENS, rank=1, world_size=2
+        model, result_tok(tiny_vlm_dir), samples, read_settings(None, model), 2, TOKENS, rank=1, world_size=2
     )
     assert answers[0] is None and answers[2] is None and isinstance(answers[1], str)
 
 
-def test_settings_from_original_layout_config(model_dir, tmp_path):
+def test_settings_from_original_layout_config(tiny_vlm_dir, tmp_path):
     from internvl_lightning.model.load import load_vlm_and_tokenizer as resolve_model
 
-    model, _ = resolve_model(model_dir)
+    model, _ = resolve_model(tiny_vlm_dir)
     (tmp_path / "config.json").write_text(json.dumps({"template": "Hermes-2", "max_dynamic_patch": 2}))
     s = read_settings(tmp_path, model)
     assert (s.template, s.max_num, s.image_size, s.tokens_per_tile) == ("Hermes-2", 2, 64, 16)
     assert read_settings(tmp_path, model, max_num=8, template="internvl2_5").max_num == 8
 
 
-def result_tok(model_dir):
+def result_tok(tiny_vlm_dir):
     from internvl_lightning.tokenizer import load_tokenizer
 
-    return load_tokenizer(model_dir)
+    return load_tokenizer(tiny_vlm_dir)
 
 
-def test_cli(model_dir, bench_files, tmp_path, capsys):
-    argv = ["evaluate", "--checkpoint", str(model_dir), "--benchmark", "mmbench", "--data", str(bench_files["mmbench"]),
+def test_cli(tiny_vlm_dir, bench_files, tmp_path, capsys):
+    argv = ["evaluate", "--checkpoint", str(tiny_vlm_dir), "--benchmark", "mmbench", "--data", str(bench_files["mmbench"]),
             "--limit", "2", "--max_new_tokens", str(TOKENS), "--out_dir", str(tmp_path), "--baseline", "2b",
             "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
     assert "InternVL2.5-2B (MMBench-EN)" in capsys.readouterr().out
     saved = json.loads((tmp_path / "mmbench_mmbench_dev_en.json").read_text())
-    assert saved["num_samples"] == 2 and saved["settings"]["model"] == str(model_dir)
+    assert saved["num_samples"] == 2 and saved["settings"]["model"] == str(tiny_vlm_dir)
 
 
 def test_baselines():
@@ -133,37 +109,43 @@ def test_baselines():
         lookup("3b", "mmmu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_a_new_benchmark_is_one_registry_entry(tiny_vlm_dir, tmp_path, monkeypatch, capsys):
+    """docs/ARCHITECTURE.md, "add a benchmark": one Benchmark subclass in BENCHMARKS; `evaluate`,
+    its reports and the evaluate command take it by name."""
+    from internvl_lightning.evaluation import BENCHMARKS
+    from internvl_lightning.evaluation.common import Benchmark, Sample
+    from internvl_lightning.evaluation.generate import Request
 
+    class Echo(Benchmark):
+        name = "echo"
+        default_max_new_tokens = 2
 
-def _rank_main(rank: int, port: int, model_dir: str, data: str, out: str) -> None:
-    import torch.distributed as dist
+        def load(self, path, circular=False):
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            return [Sample(str(r["id"]), Request(r["question"]), r["answer"]) for r in rows]
 
-    torch.set_num_threads(1)  # two processes on a small CPU: no oversubscription
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        result = evaluate(
-            model_dir, "mmbench", data, batch_size=2, max_new_tokens=TOKENS, circular=True, out_dir=out
-        )
-        with open(f"{out}/rank{rank}.json", "w") as f:
-            f.write(result.to_json())
-    finally:
-        dist.destroy_process_group()
+        def judge(self, sample, prediction):
+            return float(sample.answer in prediction), prediction
 
-
-@pytest.mark.slow
-def test_two_ranks_equal_one(model_dir, bench_files, tmp_path):
-    data = str(bench_files["mmbench"])
-    torch.multiprocessing.spawn(
-        _rank_main, args=(_free_port(), str(model_dir), data, str(tmp_path)), nprocs=2
+    data = tmp_path / "echo.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"id": i, "question": f"Say {w}.", "answer": w}) for i, w in enumerate("ab"))
     )
-    one = evaluate(model_dir, "mmbench", data, batch_size=2, max_new_tokens=TOKENS, circular=True)
-    for rank in range(2):
-        two = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert [p["prediction"] for p in two["predictions"]] == [p["prediction"] for p in one.predictions]
-        assert [p["id"] for p in two["predictions"]] == [p["id"] for p in one.predictions]
-        assert two["score"] == one.score and two["per_category"] == one.per_category
-    assert (tmp_path / "mmbench_mmbench_dev_en.json").is_file()  # written once, by rank 0
+    with pytest.raises(ValueError, match="unknown benchmark 'echo'"):
+        evaluate(tiny_vlm_dir, "echo", data)
+    monkeypatch.setitem(BENCHMARKS, "echo", Echo)
+    result = evaluate(tiny_vlm_dir, "echo", data, out_dir=tmp_path / "out", baseline="none")
+    assert result.num_samples == 2 and [p["id"] for p in result.predictions] == ["0", "1"]
+    assert list((tmp_path / "out").glob("echo_*.json"))
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tiny_vlm_dir),
+        "--benchmark",
+        "echo",
+        "--data",
+        str(data),
+        "--baseline",
+        "none",
+    ]
+    assert main(argv) == 0 and "echo" in capsys.readouterr().out

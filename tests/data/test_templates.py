@@ -307,3 +307,35 @@ def test_render_with_labels_accepts_lists(qwen):
     hi = qwen.encode("hi", add_special_tokens=False)
     ids = [ctx] * 4 + hi
     assert render_with_labels(ids, [IGNORE_INDEX] * 4 + hi, qwen) == "<IMG_CONTEXT>×4[[hi]]"
+
+
+def test_a_new_template_is_one_registry_entry(qwen, monkeypatch, tmp_path):
+    """docs/ARCHITECTURE.md, "add a chat template": one ChatTemplate in TEMPLATES; rendering, label
+    masks, the shard tool and training read it by name."""
+    from internvl_lightning.constants import IM_END, IM_START
+    from internvl_lightning.data.encode import EncodeConfig
+    from internvl_lightning.data.shard import shard_dataset
+    from internvl_lightning.data.templates import ChatTemplate
+    from tests.helpers.datagen import write_dataset
+
+    plain = ChatTemplate(
+        "plain-im",
+        system_prefix=f"{IM_START}system\n",
+        system_message="Be brief.",
+        user=f"{IM_START}human\n",
+        assistant=f"{IM_START}bot\n",
+        end=IM_END,
+    )
+    with pytest.raises(ValueError, match="unknown chat template 'plain-im'"):
+        render(ONE, "plain-im", [3])
+    monkeypatch.setitem(TEMPLATES, "plain-im", plain)
+    assert render(ONE, "plain-im", [3]) == (
+        f"<|im_start|>system\nBe brief.<|im_end|><|im_start|>human\n<img>{CTX3}</img>\nWhat is this?"
+        "<|im_end|><|im_start|>bot\nA cat.<|im_end|>"
+    )
+    ids, labels = tokenize(ONE, qwen, "plain-im", [3])
+    assert qwen.decode(ids[labels != IGNORE_INDEX]) == "A cat.<|im_end|>"
+    data = write_dataset(tmp_path / "raw")
+    cfg = EncodeConfig(template="plain-im", image_size=64, tokens_per_tile=16, max_length=1024)
+    report = shard_dataset(data.meta, qwen, tmp_path / "shards", cfg, progress=False)
+    assert sum(d.kept for d in report.datasets.values()) > 0

@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from evalgen import (
+from internvl_lightning.evaluation import get_benchmark, load_samples
+from internvl_lightning.evaluation.common import mean_summary
+from internvl_lightning.evaluation.generate import _decode
+from internvl_lightning.evaluation.mmbench import PROMPT_EN, rotate
+from tests.helpers.evalgen import (
     mmbench_rows,
     write_mathvista,
     write_mmbench,
@@ -15,10 +19,6 @@ from evalgen import (
     write_tsv,
     write_vqa,
 )
-from internvl_lightning.evaluation import get_benchmark, load_samples
-from internvl_lightning.evaluation.common import mean_summary
-from internvl_lightning.evaluation.generate import _decode
-from internvl_lightning.evaluation.mmbench import PROMPT_EN, rotate
 
 
 def test_mmbench_prompt_and_options(tmp_path):

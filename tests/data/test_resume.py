@@ -7,30 +7,13 @@ proves that a restart reads neither consumed shards nor anything before the save
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 
 import pytest
-import torch
 
 from internvl_lightning.data import sources, stream
 from internvl_lightning.data.stream import ResumableLoader, plan_units
-from test_stream import fake_stream, llm_dir, real_stream, shard_dir, vlm_tokenizer, write_shards  # noqa: F401
-
-
-def assert_same(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            if isinstance(x[k], torch.Tensor):
-                assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
-            else:
-                assert x[k] == y[k], k
-
-
-def take(loader, n: int) -> list[dict]:
-    return list(itertools.islice(loader, n))
+from tests.helpers.streams import assert_same, fake_stream, real_stream, take, write_shards
 
 
 @pytest.mark.parametrize("num_workers,rank", [(0, 0), (0, 1), (1, 1), (2, 0), (2, 1)])

@@ -10,14 +10,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from datagen import write_dataset
 from internvl_lightning.cli import main
 from internvl_lightning.data.datamodule import InternVLDataModule, PackingConfig
 from internvl_lightning.data.encode import EncodeConfig
 from internvl_lightning.data.preview import preview
 from internvl_lightning.data.shard import shard_dataset
-from test_resume import assert_same
-from test_stream import IMAGE_SIZE, TOKENS_PER_TILE, llm_dir, shard_dir, vlm_tokenizer  # noqa: F401
+from tests.helpers.datagen import write_dataset
+from tests.helpers.streams import IMAGE_SIZE, TOKENS_PER_TILE, assert_same
 
 SMALL = {"image_size": IMAGE_SIZE, "tokens_per_tile": TOKENS_PER_TILE, "max_dynamic_patch": 4}
 PACKING = PackingConfig(max_packed_tokens=1024, num_images_expected=8, max_buffer_size=1)
@@ -172,37 +171,3 @@ def test_preview_and_inspect_cli(tool_shards, llm_dir, capsys):  # noqa: F811
     ]
     assert main(argv) == 0
     assert "one batch: 1 pack(s)" in capsys.readouterr().out
-
-
-def _rank_main(rank: int, store_path: str, shards: str, llm: str, out: str) -> None:
-    """One of 2 gloo processes: 2 batches, gather the state (collective), then 2 more batches."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
-    try:
-        dm = InternVLDataModule(shards=shards, tokenizer=llm, packing=PACKING, num_workers=0, seed=5, **SMALL)
-        it = iter(dm.train_dataloader())
-        for _ in range(2):
-            next(it)
-        state = dm.state_dict()
-        nxt = [next(it) for _ in range(2)]
-        torch.save({"state": state, "next": nxt}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_state_is_gathered_from_every_rank(shard_dir, llm_dir, tmp_path):  # noqa: F811
-    torch.multiprocessing.spawn(
-        _rank_main, args=(str(tmp_path / "store"), str(shard_dir), str(llm_dir), str(tmp_path)), nprocs=2
-    )
-    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    state = saved[0]["state"]
-    assert saved[1]["state"] == state and [s["rank"] for s in state["train"]] == [0, 1]
-    for rank in range(2):  # each rank resumes from its own entry of the one saved state
-        dm = InternVLDataModule(
-            shards=str(shard_dir), tokenizer=str(llm_dir), packing=PACKING, num_workers=0, seed=5, **SMALL
-        )
-        dm.load_state_dict(state)
-        dm._layout = lambda rank=rank: (rank, 2)
-        assert_same(list(itertools.islice(dm.train_dataloader(), 2)), saved[rank]["next"])

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
+from . import REPO, TESTS
+
 SCRIPTS = TESTS / "scripts"
 
 
@@ -24,12 +25,12 @@ def free_port() -> int:
 
 
 def script_env(**extra: str) -> dict[str, str]:
-    """Environment for a test script: CPU DeepSpeed, one thread per process, tests/ importable."""
+    """Environment for a test script: CPU DeepSpeed, one thread per process, `tests.helpers` importable."""
     env = dict(os.environ)
     env.update(
         DS_ACCELERATOR="cpu",
         OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
         TOKENIZERS_PARALLELISM="false",
     )
     env.update(extra)

@@ -3,7 +3,6 @@
 import io
 import random
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ from internvl_lightning.data.image import (
     to_tensor,
 )
 from internvl_lightning.data.tiling import pixel_values
+from tests.helpers import IMAGES
 
-PHOTOS = sorted((Path(__file__).parent / "assets" / "images").glob("*.jpg"))
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

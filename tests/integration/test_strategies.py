@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from internvl_lightning.training.strategy import deepspeed_config, zero_config
-from launch import launch
-from test_stream import write_shards
+from tests.helpers.launch import launch
+from tests.helpers.streams import write_shards
 
 STRATEGIES = ["zero1", "zero2", "zero3", "ddp", "fsdp2"]
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from datagen import write_dataset
 from internvl_lightning.cli import main
 from internvl_lightning.data.encode import EncodeConfig
 from internvl_lightning.data.shard import shard_dataset
 from internvl_lightning.model.load import load_pretrained_vlm
 from internvl_lightning.tokenizer import load_tokenizer
 from internvl_lightning.training.checkpoint import load_lightning_checkpoint
+from tests.helpers import REPO
+from tests.helpers.datagen import write_dataset
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = REPO / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +54,14 @@ def cpu_recipe(name: str, tmp: Path, max_steps: int = 3) -> Path:
     return path
 
 
-def test_stage1_then_stage2_through_the_cli(tiny_components, shards, tmp_path):
+def test_stage1_then_stage2_through_the_cli(tiny_components, shards, tmp_path, monkeypatch, recwarn):
     """(g) fit writes a checkpoint that reloads, the resolved config, and the stage output for the next stage."""
     vision, llm = tiny_components
+    monkeypatch.setattr(sys, "argv", ["internvl_lightning", "fit", "--config", "stage1.yaml"])  # as typed
     main(["fit", "--config", str(cpu_recipe("stage1", tmp_path, max_steps=4)),
           f"--model.vision={vision}", f"--model.llm={llm}", f"--data.shards={shards}", "--model.lr=1e-3"])  # fmt: skip
     run = tmp_path / "stage1"
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]  # LightningCLI's warning
     ckpts = sorted(run.rglob("*.ckpt"))
     assert any(p.name == "last.ckpt" for p in ckpts), ckpts
     saved = list(run.rglob("config.yaml"))
@@ -96,3 +101,63 @@ def test_top_level_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("fit", "components", "shard", "inspect"):
         assert command in out
+
+
+def test_fit_offers_no_optimizer_it_would_not_use(capsys):
+    """The module's AdamW groups and schedule are the optimizer: no --optimizer flag to crash on."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "--model.lr" in out and "--optimizer" not in out and "--lr_scheduler" not in out
+
+
+@dataclass(frozen=True)
+class Greeting:
+    """How to greet."""
+
+    word: str = "hello"
+    """The greeting word."""
+    times: int = 1
+    """How often to say it."""
+
+
+def greet(name: str, greeting: Greeting = Greeting(), shout: bool = False, end_mark: str = "") -> str:
+    """Greet someone (a command of the tests).
+
+    Args:
+        name: who to greet.
+        greeting: how.
+        shout: in capitals.
+        end_mark: text after the name.
+    """
+    if not name:
+        raise ValueError("greet needs a name")
+    text = " ".join([greeting.word] * greeting.times) + f", {name}{end_mark}"
+    return text.upper() if shout else text
+
+
+def test_a_new_command_is_one_entry(monkeypatch, tmp_path, capsys):
+    """docs/ARCHITECTURE.md, "add a command": one line in cli.COMMANDS naming a typed function; its
+    docstring is the help, and the same arguments work from the command line, a YAML file and Python."""
+    from internvl_lightning import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "greet", f"{__name__}:greet")
+    assert main(["--help"]) == 0
+    assert "greet       Greet someone (a command of the tests)." in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["greet", "--help"])
+    out = capsys.readouterr().out
+    assert "who to greet" in out and "--greeting.times" in out and "How often to say it" in out
+    assert main(["greet", "--name", "Ada", "--greeting.times", "2", "--shout"]) == 0  # bare bool flag
+    assert capsys.readouterr().out == "HELLO HELLO, ADA\n"
+    args = tmp_path / "args.yaml"
+    args.write_text("name: Ada\ngreeting: {word: hi}\n")
+    assert (
+        main(["greet", "--config", str(args), "--greeting.times=3", "--end-mark=!"]) == 0
+    )  # YAML + overrides
+    assert capsys.readouterr().out == "hi hi hi, Ada!\n"
+    assert main(["greet", "--name", "Ada", "--json"]) == 0
+    assert capsys.readouterr().out == '"hello, Ada"\n'
+    assert main(["greet", "--name", ""]) == 2
+    assert "error: greet needs a name" in capsys.readouterr().err
+    assert greet("Ada", Greeting(times=2)) == "hello hello, Ada"  # the same function from Python

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from internvl_lightning.cli import main
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 SLURM = ROOT / "examples" / "slurm"
 # The srun arguments go to main() as `args` while pytest owns sys.argv; Lightning warns about that.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

@@ -1,0 +1,1 @@
+"""Tests of internvl_lightning.demo."""

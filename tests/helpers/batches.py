@@ -1,0 +1,50 @@
+"""Tiny modules, packed samples and model inputs built from the tiny components."""
+
+from __future__ import annotations
+
+import torch
+
+from internvl_lightning.data.packing import EncodedSample
+from internvl_lightning.model.config import tokens_per_tile
+from internvl_lightning.training.module import InternVLChat
+
+
+def make_module(components, **kwargs) -> InternVLChat:
+    """An InternVLChat on (vision dir, LLM dir), its model built."""
+    vision, llm = components
+    module = InternVLChat(vision=str(vision), llm=str(llm), **kwargs)
+    module.configure_model()
+    return module
+
+
+def make_sample(sid: str, n_text: int, tiles: int, model, seed: int) -> EncodedSample:
+    """Random tokens with one image run of `tiles` tiles in the middle; the second half is trained."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    per_tile = tokens_per_tile(cfg.vision_config, cfg.downsample_ratio)
+    vocab = cfg.image_token_id - 2  # ordinary tokens only
+    text = torch.randint(5, vocab, (n_text,), generator=g)
+    image = torch.full((tiles * per_tile,), cfg.image_token_id)
+    ids = torch.cat([text[: n_text // 2], image, text[n_text // 2 :]])
+    labels = ids.clone()
+    labels[: len(ids) - n_text // 2] = -100
+    size = cfg.vision_config.image_size[0]
+    pixels = torch.randn(tiles, 3, size, size, generator=g)
+    return EncodedSample(sid, "test", ids, labels, pixels, torch.ones(tiles, dtype=torch.long))
+
+
+def vlm_inputs(model, tiles: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (1, L) with one image run of ``tiles`` tiles, pixel values (tiles, 3, S, S))."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    per_tile = tokens_per_tile(cfg.vision_config, cfg.downsample_ratio)
+    text = torch.randint(5, cfg.image_token_id - 2, (12,), generator=g)
+    ids = torch.cat([text[:4], torch.full((tiles * per_tile,), cfg.image_token_id), text[4:]])[None]
+    size = cfg.vision_config.image_size[0]
+    return ids, torch.randn(tiles, 3, size, size, generator=g)
+
+
+def model_logits(model, ids, pixels) -> torch.Tensor:
+    """The model's own (full) logits, without gradients."""
+    with torch.no_grad():
+        return model(input_ids=ids, pixel_values=pixels).logits

@@ -1,0 +1,1 @@
+"""Integration tests: several processes, subprocesses, the demo, the commands as a user types them."""
