@@ -50,7 +50,7 @@ ONE = conv("<image>\nWhat is this?", "A cat.")
 TWO = conv("<image>\nWhat is this?", "A cat.", "What colour?", "red")
 CTX3 = IMG_CONTEXT_TOKEN * 3
 
-# Exact renderings of ONE with 3 context tokens, per template (reference/INTERNVL.md §3.6).
+# Exact renderings of ONE with 3 context tokens, per template (InternVL's internvl_chat/internvl/conversation.py).
 RENDERED_ONE = {
     "internvl2_5": f"<|im_start|>system\n{SYS_VL}<|im_end|>\n<|im_start|>user\n<img>{CTX3}</img>\nWhat is this?"
     "<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n",

@@ -14,7 +14,7 @@ from internvl_lightning.data.image import jpeg_augment, to_tensor
 from internvl_lightning.data.tiling import candidate_grids, dynamic_preprocess, pixel_values, tile_grid
 
 
-# --- a plain re-statement of the reference rule (INTERNVL.md §3.3), written separately from the library ---
+# --- a plain re-statement of the reference rule (InternVL's dynamic_preprocess), written separately from the library ---
 @cache
 def _ordered_grids(lo: int, hi: int) -> list[tuple[int, int]]:
     pool = set()  # filled in the reference's (n, cols, rows) order: equal products keep set order

@@ -2,7 +2,7 @@
 
 Lightning's `DeepSpeedStrategy` refuses any accelerator but CUDA, while DeepSpeed itself trains
 ZeRO-1/2/3 on CPU (`DS_ACCELERATOR=cpu`, gloo). Three overrides lift the CUDA-only parts
-(DESIGN.md decision 5); everything else (config, engine, checkpoints, ZeRO-3 init) is the
+(docs/ARCHITECTURE.md, strategies on CPU); everything else (config, engine, checkpoints, ZeRO-3 init) is the
 production code. Set `DS_ACCELERATOR=cpu` before deepspeed is first imported.
 """
 

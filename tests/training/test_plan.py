@@ -28,7 +28,7 @@ def test_parameter_counts_equal_presets(plans, size, total):
         "mlp": counts["mlp"],
         "llm": counts["llm"],
     }
-    assert p.total_params == counts["total"] == total  # published InternVL2.5 sizes (DESIGN.md)
+    assert p.total_params == counts["total"] == total  # published InternVL2.5 sizes (docs/ARCHITECTURE.md)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Packing collator: a list of packs (lists of `EncodedSample`) -> one batch dict (DESIGN.md contract).
+"""Packing collator: a list of packs (lists of `EncodedSample`) -> one batch dict (the batch contract of docs/ARCHITECTURE.md).
 
 Per pack, samples are concatenated in order; the batch is right-padded to the longest pack (or to
 `max_packed_tokens` with `pad_to_budget`). Conventions:
@@ -8,7 +8,7 @@ Per pack, samples are concatenated in order; the batch is right-padded to the lo
   what keeps the previous sample's last position from being trained on the next sample's first
   token. `n_s` (trained labels of sample s) is counted after that.
 - `loss_weight`: `len2weight(n_s)` on the trained tokens of s (token 1, sample 1/n_s, square
-  1/sqrt(n_s)), 0 wherever the label is IGNORE_INDEX (InternVL reference §4.4).
+  1/sqrt(n_s)), 0 wherever the label is IGNORE_INDEX (InternVL's `len2weight`, internvl_chat/internvl/train/).
 - `position_ids` restart at 0 for every sample; a padding run is its own segment and counts
   0, 1, ... like a sample (as the reference does), so it never extends a real sample's positions.
 - `sample_index`: the sample's index within the whole batch (0..samples-1, in pack order), -1 on
@@ -52,7 +52,7 @@ def len2weight(n: int, reduction: LossReduction) -> float:
 
 @dataclass
 class PackingCollator:
-    """Collate B packs into the batch dict of DESIGN.md (see module docstring for conventions)."""
+    """Collate B packs into the batch dict of docs/ARCHITECTURE.md (see module docstring for conventions)."""
 
     pad_token_id: int = 0
     loss_reduction: LossReduction = "square"

@@ -101,7 +101,7 @@ def sources_from_index(roots: str | Iterable[str]) -> tuple[list[dict], list[Dat
 
 
 class InternVLDataModule(pl.LightningDataModule):
-    """Packed, resumable training batches (DESIGN.md batch contract) from WebDataset shards.
+    """Packed, resumable training batches (the batch contract of docs/ARCHITECTURE.md) from WebDataset shards.
 
     ``shards``: shard directory (or URL prefix, or a list of them) with the shard tool's
     ``index.json``; or ``sources``: dataset name -> :class:`SourceConfig`. ``tokenizer``: the LLM

@@ -1,6 +1,6 @@
 """Turn one InternVL record + its media bytes into an :class:`EncodedSample` (tiles, ids, labels).
 
-Kinds (reference/INTERNVL.md §3.2):
+Kinds (InternVL's JSONL schema):
 
 - single image: dynamic tiling with ``max_dynamic_patch`` (thumbnail last when there are >1 tiles);
 - multi-image (``image`` is a list): each image tiled with ``max(1, max_dynamic_patch // n_images)``;

@@ -1,4 +1,4 @@
-"""Image loading, validation, tensor conversion and JPEG augmentation (reference §3.4).
+"""Image loading, validation, tensor conversion and JPEG augmentation (as InternVL's internvl_chat/internvl/train/dataset.py).
 
 Colour conversion follows the reference: a plain ``convert("RGB")``. Alpha (RGBA, LA, PA, palette
 transparency) is dropped, not composited on white, so transparent pixels keep the colour stored under

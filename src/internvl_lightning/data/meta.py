@@ -1,6 +1,6 @@
 """The meta file: which JSONL datasets to mix, where their media live, and how often to repeat them.
 
-Format (reference/INTERNVL.md §3.1)::
+Format (InternVL's meta files, e.g. internvl_chat/shell/data/*.json)::
 
     {"ds_name": {"root": "images/", "annotation": "ds.jsonl", "data_augment": false,
                  "max_dynamic_patch": 12, "repeat_time": 1, "length": 1000}, ...}

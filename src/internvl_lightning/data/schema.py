@@ -2,7 +2,7 @@
 
 Every check names the sample and where it came from (``file.jsonl:LINE``), so a bad line in a
 50M-line annotation can be found and fixed without a debugger. The rules follow the reference
-(reference/INTERNVL.md §3.2), made explicit instead of failing later as an assert deep in a worker.
+(InternVL's JSONL annotations, read by internvl_chat/internvl/train/dataset.py), made explicit instead of failing later as an assert deep in a worker.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _image_sizes(record: dict, n: int, multi: bool) -> list[tuple[int, int]] | s
 
 
 def validate_sample(record: Any, where: str) -> Sample:
-    """Check one JSONL record (see the module doc and §3.2) and return its normalised :class:`Sample`.
+    """Check one JSONL record (see the module doc) and return its normalised :class:`Sample`.
 
     Raises :class:`InvalidSample` with a reason naming the sample id and ``where``.
     """

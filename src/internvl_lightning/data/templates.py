@@ -1,6 +1,6 @@
 """Chat templates (InternVL's MPT-style ones) and tokenization with exact label masks.
 
-Rendering (reference/INTERNVL.md §3.6): ``system_prefix + system_message + sep``, then for every turn
+Rendering (InternVL's internvl_chat/internvl/conversation.py): ``system_prefix + system_message + sep``, then for every turn
 ``role + value + sep``, where ``sep = end + suffix`` (``<|im_end|>`` + ``"\\n"`` for ``internvl2_5``).
 
 Labels: only answers and the token that ends them (``end``) are trained; role strings, the
@@ -109,7 +109,7 @@ def image_string(n: int) -> str:
 def expand_video(conversations: list[dict], num_frames: int) -> list[dict]:
     """Replace the ``<video>`` placeholder by ``Frame-1: <image>\\nFrame-2: <image>\\n...`` (a copy).
 
-    Training data uses ``Frame-{i}`` with a hyphen (§3.2); each frame is one image of one tile.
+    Training data uses ``Frame-{i}`` with a hyphen (InternVL's video prompts); each frame is one image of one tile.
     """
     frames = "\n".join(f"Frame-{i + 1}: {IMAGE_PLACEHOLDER}" for i in range(num_frames))
     out = []

@@ -1,4 +1,4 @@
-"""Dynamic-resolution tiling, identical to InternVL's ``dynamic_preprocess`` (reference §3.3)."""
+"""Dynamic-resolution tiling, identical to InternVL's ``dynamic_preprocess`` (internvl_chat/internvl/train/dataset.py)."""
 
 from __future__ import annotations
 

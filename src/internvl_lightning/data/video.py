@@ -1,4 +1,4 @@
-"""Video frame sampling and decoding (reference §3.5).
+"""Video frame sampling and decoding (as InternVL's internvl_chat/internvl/train/dataset.py).
 
 Randomness comes from one ``random.Random`` (``rng``) for everything: the frame count, the ``rand``
 choice per interval and its fallback. The reference mixes Python's and numpy's global generators; the

@@ -2,7 +2,7 @@
 
 Each targeted ``nn.Linear`` becomes a :class:`LoRALinear`: ``y = W x + (alpha / r) * B A dropout(x)``
 with ``A`` (r, in) drawn like an ``nn.Linear`` weight and ``B`` (out, r) zero, so a freshly adapted
-model computes exactly what it did before. Targets follow the reference (INTERNVL.md: peft
+model computes exactly what it did before. Targets follow the reference trainer (internvl_chat/internvl/train/internvl_chat_finetune.py: peft
 ``LoraConfig(r, lora_alpha=2r, lora_dropout=0.05)``) in transformers' layout: the ViT's
 ``q_proj, k_proj, v_proj, projection_layer, fc1, fc2`` (the reference adapts the fused ``qkv`` with one
 adapter; here q, k and v get one each) and the LLM's ``q_proj, k_proj, v_proj, o_proj, gate_proj,

@@ -44,7 +44,7 @@ from .strategy import zero_config
 
 GIB = 2**30
 STAGES = ("1", "1.5", "2")
-# Which components train in each stage (reference scripts, INTERNVL.md §5.1).
+# Which components train in each stage (InternVL's internvl_chat/shell/internvl2.5/stage*/ scripts).
 STAGE_FREEZE = {
     "1": dict(freeze_llm=True, freeze_backbone=True),  # MLP only
     "1.5": dict(freeze_llm=True),  # ViT + MLP
@@ -59,7 +59,7 @@ class Recipe(NamedTuple):
     bucket_size: int | None = None  # None: strategy.py's default for that ZeRO stage
 
 
-# Reference InternVL2.5 stage scripts (INTERNVL.md §5.1): ZeRO stage, gradient accumulation on 512
+# Reference InternVL2.5 stage scripts (internvl_chat/shell/internvl2.5/stage*/): ZeRO stage, gradient accumulation on 512
 # GPUs, max_steps (stage 1 / 1.5: a cap, the data decides). Stage 1.5 exists for 8B and 26B only.
 RECIPES: dict[tuple[str, str], Recipe] = {
     **{(size, "1"): Recipe(1, 1, 100_000) for size in ("1b", "2b", "4b", "8b")},
