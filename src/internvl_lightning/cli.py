@@ -89,7 +89,9 @@ def build_parser(name: str, fn: Callable[..., Any]):
     )
     parser = ArgumentParser(prog=f"python -m internvl_lightning {name}", description=inspect.getdoc(fn))
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
-    parser.add_function_arguments(fn, as_group=False)
+    # Callbacks (a function argument) are for Python callers; a command line cannot give one.
+    python_only = {n for n, p in inspect.signature(fn).parameters.items() if "Callable" in str(p.annotation)}
+    parser.add_function_arguments(fn, as_group=False, skip=python_only)
     parser.add_argument("--json", type=bool, default=False, help="print the result as JSON")
     return parser
 

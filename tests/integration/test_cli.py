@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,35 @@ def test_a_new_command_is_one_entry(monkeypatch, tmp_path, capsys):
     assert main(["greet", "--name", ""]) == 2
     assert "error: greet needs a name" in capsys.readouterr().err
     assert greet("Ada", Greeting(times=2)) == "hello hello, Ada"  # the same function from Python
+
+
+def test_pipeline_spec_file_through_the_command(tiny_components, shards, tmp_path, capsys):
+    """`pipeline --config spec.yaml`: the spec is the command's arguments; a rerun skips finished stages."""
+    vision, llm = tiny_components
+    spec = {
+        "run_dir": str(tmp_path / "run"),
+        "stages": [
+            {
+                "name": "stage1",
+                "config": str(cpu_recipe("stage1", tmp_path, max_steps=2)),
+                "set": {"model.vision": str(vision), "model.llm": str(llm), "data.shards": str(shards)},
+            },
+            {
+                "name": "stage2",
+                "config": str(cpu_recipe("stage2", tmp_path, max_steps=1)),
+                "set": {"data.shards": str(shards)},
+            },
+        ],
+        "export": {"hf": True},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "--config", str(path), "--json"]) == 0
+    printed = capsys.readouterr().out
+    out = json.loads(printed[printed.rindex("\n{\n") :])  # the result, printed last as JSON
+    assert out == json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert out["final"] == str(tmp_path / "run" / "stage2" / "hf")
+    assert (tmp_path / "run" / "export" / "hf" / "config.json").is_file()
+    assert load_pretrained_vlm(out["final"]).config.text_config.vocab_size > 0
+    assert main(["pipeline", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.count("already complete, skipping") == 2
