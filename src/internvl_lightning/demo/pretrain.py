@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, InternVLVisionModel
+from transformers import AutoModelForCausalLM, InternVLVisionModel
 
 from ..data.image import to_tensor
+from ..model.config import vision_geometry
+from ..tokenizer import read_tokenizer
 from .picture_words import foreground
 from .scenes import COLOURS, POSITIONS, SHAPES, draw_scene, random_scene
 
@@ -54,7 +56,7 @@ def pretrain_llm(
     from ..data.templates import tokenize
 
     torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    tok = read_tokenizer(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir))
     encoded = [tokenize(c, tok, "internvl2_5") for c in conversations]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -104,7 +106,7 @@ def pretrain_vit(
     patch token (colour and shape of what covers it); the heads are discarded afterwards."""
     torch.manual_seed(seed)
     model = InternVLVisionModel.from_pretrained(str(vision_dir))
-    size, patch = model.config.image_size[0], model.config.patch_size[0]
+    size, patch = vision_geometry(model.config)
     hidden = model.config.hidden_size
     heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 4) for _ in range(4))
     patch_heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(2))

@@ -20,13 +20,13 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     InternVLVisionModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from ..constants import ENDOFTEXT, IM_END, IM_START
+from ..tokenizer import read_tokenizer
 from .families import LLM_FAMILIES, llm_family, llm_family_running, vision_family
 from .load import load_llm, load_vision
 from .presets import LLMPreset, VisionPreset, VLMPreset, get_preset, text_config, vision_config
@@ -92,7 +92,7 @@ def build_tokenizer(
     """Train a byte-level BPE tokenizer on ``corpus`` (plus a small base corpus) and save it.
 
     The directory then looks like a downloaded LLM's tokenizer (``tokenizer.json`` +
-    ``tokenizer_config.json``) and is loaded back with ``AutoTokenizer``. ``extra_tokens`` are
+    ``tokenizer_config.json``) and is read back as any LLM's is. ``extra_tokens`` are
     added as single special tokens after the BPE vocabulary.
     """
     if style not in _STYLES:
@@ -120,7 +120,7 @@ def build_tokenizer(
     tok.save(str(out / "tokenizer.json"))
     config = dict(spec["config"], model_max_length=model_max_length, clean_up_tokenization_spaces=False)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return AutoTokenizer.from_pretrained(str(out))
+    return read_tokenizer(out)
 
 
 def _randomize(model: PreTrainedModel, seed: int, scale: float = 0.02) -> None:
