@@ -55,19 +55,18 @@ from benchmarks.common import machine_info  # noqa: E402
 from internvl_lightning.data.collate import PackingCollator  # noqa: E402
 from internvl_lightning.data.length_mix import realistic_length_mix  # noqa: E402
 from internvl_lightning.data.packing import EncodedSample, Packer  # noqa: E402
-from internvl_lightning.model.checkpointing import enable_activation_checkpointing  # noqa: E402
-from internvl_lightning.model.compile import compile_blocks  # noqa: E402
+from internvl_lightning.model.config import tokens_per_tile  # noqa: E402
 from internvl_lightning.model.forward import vlm_hidden_states  # noqa: E402
 from internvl_lightning.model.presets import (  # noqa: E402
     LLM_PRESETS,
     VISION_PRESETS,
     VLM_PRESETS,
     VLMPreset,
-    tokens_per_tile,
     vlm_config,
 )
 from internvl_lightning.training.flops import FlopsModel, peak_flops, trained_parts  # noqa: E402
 from internvl_lightning.training.loss import weighted_loss  # noqa: E402
+from internvl_lightning.training.parallelize import TrainingSetup, parallelize  # noqa: E402
 
 SHAPES = {
     "1b": VLM_PRESETS["1b"],
@@ -153,12 +152,12 @@ def build(
             used = attn
         except Exception as e:  # not supported by this transformers / torch
             print(f"  {attn} unavailable ({type(e).__name__}: {e}); using sdpa", flush=True)
-    if checkpointing in ("both", "vit"):
-        enable_activation_checkpointing(model.model.vision_tower)
-    if checkpointing in ("both", "llm"):
-        enable_activation_checkpointing(model.model.language_model)
-    if compile:
-        compile_blocks(model)
+    setup = TrainingSetup(
+        checkpoint_vision=checkpointing in ("both", "vit"),
+        checkpoint_llm=checkpointing in ("both", "llm"),
+        compile_blocks=compile,
+    )
+    parallelize(model, setup)  # the library's order: checkpointing, then compilation
     return model.train(), used
 
 

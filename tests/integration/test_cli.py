@@ -77,6 +77,13 @@ def test_stage1_then_stage2_through_the_cli(tiny_components, shards, tmp_path, m
     assert (run / "hf" / "stage_complete.json").exists()
     for (name, a), (_, b) in zip(model.state_dict().items(), stage1.state_dict().items()):
         assert torch.equal(a, b), name
+    # the export command reads the Lightning checkpoint too (training/ reads .ckpt; export/ only writes)
+    last = str(next(p for p in ckpts if p.name == "last.ckpt"))
+    assert main(["export", "--checkpoint", last, "--out_dir", str(tmp_path / "from_ckpt")]) == 0
+    exported = load_pretrained_vlm(tmp_path / "from_ckpt")
+    assert all(
+        torch.equal(a, b) for a, b in zip(exported.state_dict().values(), stage1.state_dict().values())
+    )
     start = load_pretrained_vlm(run / "hf")
     main(["fit", "--config", str(cpu_recipe("stage2", tmp_path, max_steps=2)),
           f"--model.init_from={run / 'hf'}", f"--data.shards={shards}"])  # fmt: skip
