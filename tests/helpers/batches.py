@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 
 from internvl_lightning.data.packing import EncodedSample
@@ -15,6 +16,26 @@ def make_module(components, **kwargs) -> InternVLChat:
     module = InternVLChat(vision=str(vision), llm=str(llm), **kwargs)
     module.configure_model()
     return module
+
+
+def fit_batches(module, batches, accumulate=1, callbacks=(), max_steps=1, **trainer) -> L.Trainer:
+    """A quiet CPU ``Trainer`` (no logger, checkpoints or bars) fit on ``batches`` (already collated);
+    ``trainer``: more Trainer arguments (e.g. a strategy)."""
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+    fit = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **trainer,
+    )
+    fit.fit(module, train_dataloaders=loader)
+    return fit
 
 
 def make_sample(sid: str, n_text: int, tiles: int, model, seed: int) -> EncodedSample:

@@ -11,7 +11,7 @@ from internvl_lightning.data.collate import PackingCollator
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.loss import weighted_loss
 from internvl_lightning.training.module import InternVLChat
-from tests.helpers.batches import make_module, make_sample
+from tests.helpers.batches import fit_batches, make_module, make_sample
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +63,6 @@ class GradCapture(L.Callback):
         self.grads = {n: p.grad.clone() for n, p in pl_module.model.named_parameters() if p.grad is not None}
 
 
-def _fit(module, batches, accumulate=1, callbacks=(), max_steps=1):
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
-    trainer.fit(module, train_dataloaders=loader)
-    return trainer
-
-
 @pytest.mark.parametrize("reduction", ["token", "square"])
 def test_accumulation_equals_combined_batch(tiny_components, reduction):
     """(d) two micro-batches accumulated give the gradient of one batch holding both packs."""
@@ -91,10 +74,10 @@ def test_accumulation_equals_combined_batch(tiny_components, reduction):
     pack2 = [make_sample("c", 20, 2, ref.model, 3)]
 
     combined = GradCapture()
-    _fit(make_module(tiny_components), [collate([pack1, pack2])], callbacks=[combined])
+    fit_batches(make_module(tiny_components), [collate([pack1, pack2])], callbacks=[combined])
     accumulated = GradCapture()
     micro = list(StepWindow([collate([pack1]), collate([pack2])], steps=lambda: 2))
-    _fit(make_module(tiny_components), micro, accumulate=2, callbacks=[accumulated])
+    fit_batches(make_module(tiny_components), micro, accumulate=2, callbacks=[accumulated])
 
     assert combined.grads.keys() == accumulated.grads.keys()
     for name, g in combined.grads.items():
@@ -134,7 +117,7 @@ def test_freeze_flags_after_a_step(tiny_components, stage):
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     collate = PackingCollator(image_size=module.model.config.vision_config.image_size[0])
     batch = collate([[make_sample("a", 16, 1, module.model, 1), make_sample("b", 10, 0, module.model, 2)]])
-    trainer = _fit(module, [batch], callbacks=[cb])
+    trainer = fit_batches(module, [batch], callbacks=[cb])
     opt = trainer.optimizers[0]
     with_state = {id(p) for p in opt.state}
     for name, p in module.model.named_parameters():
@@ -183,7 +166,7 @@ def test_compiled_blocks_train_like_eager(tiny_components):
             module = make_module(tiny_components, compile_blocks=compiled)
             block = module.model.model.language_model.layers[0]
             assert (block._compiled_call_impl is not None) == compiled
-            _fit(module, [batch], callbacks=[FreezeSchedule(**freeze), capture])
+            fit_batches(module, [batch], callbacks=[FreezeSchedule(**freeze), capture])
             grads[compiled] = capture.grads
         assert grads[True].keys() == grads[False].keys() and grads[True]
         for name, g in grads[False].items():

@@ -13,7 +13,7 @@ from internvl_lightning.model.build import build_model
 from internvl_lightning.training import parallelize as steps
 from internvl_lightning.training.freeze import FreezeSchedule
 from internvl_lightning.training.parallelize import TrainingSetup, check_setup, parallelize
-from tests.helpers.batches import make_module, make_sample
+from tests.helpers.batches import fit_batches, make_module, make_sample
 
 
 def test_steps_run_in_the_fixed_order(monkeypatch):
@@ -75,16 +75,7 @@ def test_a_new_strategy_brings_its_own_wrapping(tiny_components, tmp_path):
 
     module = InternVLChat(vision=str(vision), llm=str(llm))
     strategy = RecordingStrategy()
-    trainer = L.Trainer(
-        strategy=strategy,
-        callbacks=[FreezeSchedule(freeze_llm=True, freeze_backbone=True)],
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, torch.utils.data.DataLoader([batch], batch_size=None))
+    freeze = FreezeSchedule(freeze_llm=True, freeze_backbone=True)
+    trainer = fit_batches(module, [batch], callbacks=[freeze], strategy=strategy, default_root_dir=tmp_path)
     # called once, on the LightningModule root, after the stage's freezing (only the MLP trains)
     assert strategy.wrapped == [("InternVLChat", True)] and trainer.global_step == 1

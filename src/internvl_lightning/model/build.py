@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from ..constants import IMG_CONTEXT_TOKEN
 from ..tokenizer import add_vlm_tokens, check_chat_tokens, read_tokenizer
 from .config import internvl_config
 from .load import (
+    PathLike,
     Tensors,
     check_state_dict,
     load_llm,
@@ -29,8 +29,6 @@ from .load import (
 from .options import apply_options
 from .presets import get_preset, meta_model, vlm_config
 from .zero3 import from_reader, is_reader, load_partitioned, raise_together, zero3_init_active
-
-PathLike = str | Path
 
 
 def random_projector(vision_hidden: int, text_hidden: int, downsample_ratio: float, seed: int) -> Tensors:

@@ -17,12 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import CONFIG_MAPPING, InternVLVisionConfig, PretrainedConfig
 
 from . import convert
+from .convert import Tensors
 
-Tensors = dict[str, torch.Tensor]
 # Keys of a config.json that describe the file, not the model.
 _FILE_KEYS = ("architectures", "model_type", "auto_map", "transformers_version", "_name_or_path")
 

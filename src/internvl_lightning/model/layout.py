@@ -16,10 +16,9 @@ import torch
 from transformers import InternVLConfig
 
 from .config import internvl_config, vision_geometry
-from .convert import projector_from_hf, projector_to_hf
+from .convert import Tensors, projector_from_hf, projector_to_hf
 from .families import LLMFamily, llm_family_of, vision_family
 
-Tensors = dict[str, torch.Tensor]
 ARCHITECTURE = "InternVLChatModel"
 MODEL_TYPE = "internvl_chat"
 # What InternVL's original trainer assumes when a config leaves ps_version out; InternVL2+ scripts

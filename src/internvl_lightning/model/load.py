@@ -23,7 +23,7 @@ from transformers.initialization import no_init_weights
 
 from ..constants import IMG_CONTEXT_TOKEN
 from ..tokenizer import TokenizerSource, load_tokenizer, read_tokenizer
-from .convert import projector_to_hf
+from .convert import Tensors, projector_to_hf
 from .families import LLMFamily, VisionFamily, llm_family_of, vision_family_of
 from .layout import ARCHITECTURE as ORIGINAL_ARCHITECTURE
 from .layout import is_original_config, original_to_hf, read_original_config
@@ -31,7 +31,6 @@ from .options import apply_options
 from .zero3 import full_shapes
 
 PathLike = str | Path
-Tensors = dict[str, torch.Tensor]
 VLM_ARCHITECTURE = "InternVLForConditionalGeneration"  # HF-native InternVL dirs
 
 
@@ -214,16 +213,34 @@ def load_pretrained_vlm(
     if bad:
         raise ValueError(f"weights in {d} do not match its config.json: {bad}")
     cfg = model.config
-    if downsample_ratio is not None and downsample_ratio != cfg.downsample_ratio:
-        raise ValueError(
-            f"{d} was trained with downsample_ratio {cfg.downsample_ratio}, not {downsample_ratio}"
-        )
+    _check_downsample_ratio(d, cfg.downsample_ratio, downsample_ratio)
     if device is not None:
         model = model.to(device)
+    stored = (getattr(cfg, "drop_path_rate", None) or 0.0, getattr(cfg, "ps_version", None) or "v2")
+    return _with_options(model, *stored, drop_path_rate, ps_version, select_layer)
+
+
+def _check_downsample_ratio(where: Path, stored: float, given: float | None) -> None:
+    """``downsample_ratio`` is fixed by the projector's shape: a different one can only be refused."""
+    if given is not None and given != stored:
+        raise ValueError(f"{where} was trained with downsample_ratio {stored}, not {given}")
+
+
+def _with_options(
+    model: InternVLForConditionalGeneration,
+    stored_drop_path_rate: float,
+    stored_ps_version: str,
+    drop_path_rate: float | None,
+    ps_version: str | None,
+    select_layer: int | None,
+) -> InternVLForConditionalGeneration:
+    """A loaded VLM with the options given, None keeping what its directory stored (the feature
+    layer is in its config)."""
+    cfg = model.config
     return apply_options(
         model.eval(),
-        (getattr(cfg, "drop_path_rate", None) or 0.0) if drop_path_rate is None else drop_path_rate,
-        (getattr(cfg, "ps_version", None) or "v2") if ps_version is None else ps_version,
+        stored_drop_path_rate if drop_path_rate is None else drop_path_rate,
+        stored_ps_version if ps_version is None else ps_version,
         cfg.vision_feature_layer if select_layer is None else select_layer,
     )
 
@@ -252,10 +269,7 @@ def load_original(
     d = Path(directory)
     spec = read_original_config(read_config(d, "VLM"), _image_token_id(d), str(d / "config.json"))
     config = spec.config
-    if downsample_ratio is not None and downsample_ratio != config.downsample_ratio:
-        raise ValueError(
-            f"{d} was trained with downsample_ratio {config.downsample_ratio}, not {downsample_ratio}"
-        )
+    _check_downsample_ratio(d, config.downsample_ratio, downsample_ratio)
     sd = original_to_hf(read_weights(d), spec.llm, config.text_config)
     with torch.device(device or "cpu"), no_init_weights():
         model = InternVLForConditionalGeneration._from_config(
@@ -267,12 +281,8 @@ def load_original(
         sd.pop("lm_head.weight", None)
     check_state_dict(model, sd, where=str(d), ignore=("lm_head.weight",) if tie else ())
     model.load_state_dict(sd, strict=not tie)
-    return apply_options(
-        model.eval(),
-        spec.drop_path_rate if drop_path_rate is None else drop_path_rate,
-        spec.ps_version if ps_version is None else ps_version,
-        config.vision_feature_layer if select_layer is None else select_layer,
-    )
+    stored = (spec.drop_path_rate, spec.ps_version)
+    return _with_options(model, *stored, drop_path_rate, ps_version, select_layer)
 
 
 def load_vlm(

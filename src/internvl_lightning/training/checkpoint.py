@@ -31,6 +31,7 @@ from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBa
 
 from ..model.load import load_vlm_and_tokenizer
 from ..tokenizer import TokenizerSource, load_tokenizer
+from .wiring import tokenizer_dir
 
 STAGING = ".staging-"  # a save in progress (never matches Lightning's "last*.ckpt" pattern)
 TRASH = ".replaced-"  # a checkpoint being replaced by a newer one of the same name
@@ -249,7 +250,7 @@ def load_lightning_checkpoint(path: str | Path) -> tuple[InternVLForConditionalG
     _, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {path} has keys the model lacks: {unexpected[:10]}")
-    return model.eval(), hparams.get("init_from") or hparams.get("llm")
+    return model.eval(), tokenizer_dir(hparams.get("llm"), hparams.get("init_from"))
 
 
 def load_checkpoint(

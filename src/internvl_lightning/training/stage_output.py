@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from .strategy import consolidated
+from .wiring import tokenizer_dir
 
 
 class StageOutput(L.Callback):
@@ -44,7 +45,9 @@ class StageOutput(L.Callback):
             )
         h = pl_module.hparams
         tokenizer = (
-            dm.tokenizer_object if hasattr(dm, "tokenizer_object") else (h.get("init_from") or h.get("llm"))
+            dm.tokenizer_object
+            if hasattr(dm, "tokenizer_object")
+            else tokenizer_dir(h.get("llm"), h.get("init_from"))
         )
         dirpath = self.dirpath or str(Path(trainer.default_root_dir) / "hf")
         with consolidated(trainer, pl_module.model) as model:  # whole on rank 0 under ZeRO-3 / FSDP2 too
