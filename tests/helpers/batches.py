@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from transformers import CONFIG_MAPPING, InternVLForConditionalGeneration
 
 from internvl_lightning.data.packing import EncodedSample
-from internvl_lightning.model.config import tokens_per_tile
+from internvl_lightning.model.config import internvl_config, tokens_per_tile
+from internvl_lightning.model.families import llm_family
+from internvl_lightning.model.presets import LLM_PRESETS, VISION_PRESETS, text_config, vision_config
 from internvl_lightning.training.module import InternVLChat
 
 
@@ -69,3 +72,21 @@ def model_logits(model, ids, pixels) -> torch.Tensor:
     """The model's own (full) logits, without gradients."""
     with torch.no_grad():
         return model(input_ids=ids, pixel_values=pixels).logits
+
+
+def family_vlm(family: str, tie: bool = False, seed: int = 0, vocab: int = 320, **text) -> InternVLForConditionalGeneration:
+    """A tiny random VLM (tiny ViT preset) whose LLM is of ``family`` (``qwen2``, ``qwen3``,
+    ``llama``, ``internlm2``: Llama-type), RoPE base 1e6, every weight perturbed off its init."""
+    preset = LLM_PRESETS["tiny"]
+    cfg = text_config(preset, vocab_size=vocab, tie_word_embeddings=tie, **text)
+    if family != "qwen2":
+        values = {k: v for k, v in cfg.to_dict().items() if k not in ("model_type", "architectures")}
+        cfg = CONFIG_MAPPING[llm_family(family).hf_model_type](**values)
+    config = internvl_config(vision_config(VISION_PRESETS["tiny"]), cfg, vocab - 1, 0.5, -1, tie)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model

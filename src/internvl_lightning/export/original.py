@@ -41,8 +41,8 @@ def export_original(
             f"(which runs as {family.hf_model_type!r})"
         )
     sd = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()}
-    if text.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
+    if text.tie_word_embeddings:  # the layout is untied (layout.TIED_EMBEDDINGS): the head is its own tensor
+        sd["lm_head.weight"] = sd.get("lm_head.weight", sd["model.language_model.embed_tokens.weight"]).clone()
     dtype = next(model.parameters()).dtype
     config = original_config(cfg, family, template=template, max_dynamic_patch=max_dynamic_patch, dtype=dtype)
     out = Path(out_dir)

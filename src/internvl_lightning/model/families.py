@@ -66,8 +66,9 @@ class LLMFamily:
         return CONFIG_MAPPING[self.hf_model_type].from_dict(values)
 
     def own_config(self, cfg: PretrainedConfig) -> dict:
-        """A transformers config -> this family's config.json dict (its layout and names)."""
-        values = self.config_from_hf(cfg) if self.config_from_hf is not None else cfg.to_dict()
+        """A transformers config -> this family's config.json dict, in the form its released
+        checkpoints carry (what transformers 4.x reads too, see :func:`released_form`)."""
+        values = self.config_from_hf(cfg) if self.config_from_hf is not None else released_form(cfg.to_dict())
         return values | {"architectures": [self.architecture], "model_type": self.model_type}
 
     def to_hf(self, sd: Tensors, cfg: PretrainedConfig) -> Tensors:
@@ -77,6 +78,37 @@ class LLMFamily:
     def from_hf(self, sd: Tensors, cfg: PretrainedConfig) -> Tensors:
         """Inverse of :meth:`to_hf`."""
         return sd if self.weights_from_hf is None else self.weights_from_hf(sd, cfg)
+
+
+# RoPE kinds whose transformers 4.x form is exactly {"type", "factor"} (older versions refuse more).
+_TWO_FIELD_ROPE = ("linear", "dynamic")
+
+
+def released_form(values: Mapping[str, Any]) -> dict:
+    """A transformers 5 config dict -> the form of released checkpoints' config.json.
+
+    transformers 5 groups RoPE into ``rope_parameters`` and calls the dtype ``dtype``; released
+    checkpoints, and the transformers 4.x versions InternVL's own code runs on, carry
+    ``rope_theta`` / ``rope_scaling`` and ``torch_dtype`` (a 4.x reader that finds no
+    ``rope_theta`` silently uses 10000). ``layer_types`` goes when every layer is full attention
+    (older readers derive it from ``use_sliding_window``). transformers 5 reads both forms.
+    """
+    out = dict(values)
+    rope = dict(out.pop("rope_parameters", None) or {})
+    if rope or "rope_theta" not in out:
+        out["rope_theta"] = float(rope.pop("rope_theta", out.get("rope_theta", 10000.0)))
+        kind = rope.pop("rope_type", rope.pop("type", "default"))
+        if kind == "default":
+            out["rope_scaling"] = None
+        elif kind in _TWO_FIELD_ROPE and set(rope) == {"factor"}:
+            out["rope_scaling"] = {"type": kind, "factor": rope["factor"]}
+        else:
+            out["rope_scaling"] = {"rope_type": kind, **rope}
+    if "dtype" in out:
+        out["torch_dtype"] = out.pop("dtype")
+    if all(t == "full_attention" for t in out.get("layer_types") or ["?"]):
+        out.pop("layer_types", None)
+    return out
 
 
 def _heads(cfg: PretrainedConfig) -> tuple[int, int]:

@@ -24,6 +24,10 @@ MODEL_TYPE = "internvl_chat"
 # What InternVL's original trainer assumes when a config leaves ps_version out; InternVL2+ scripts
 # always write v2.
 DEFAULT_PS_VERSION = "v1"
+# InternVL's config class unties the LLM's embeddings whatever its llm_config says, so an
+# original-layout checkpoint always carries its output head (a tied one written out).
+TIED_EMBEDDINGS = False
+_EMBED = "model.embed_tokens.weight"
 
 
 def is_original_config(raw: Mapping[str, Any]) -> bool:
@@ -58,8 +62,9 @@ def hf_to_original(sd: Tensors, llm: LLMFamily, text_config) -> Tensors:
     out = {"vision_model." + k: v for k, v in vit.weights_from_hf(_split(sd, "model.vision_tower.")).items()}
     out |= projector_from_hf(_split(sd, "model.multi_modal_projector."))
     lm = {"model." + k: v for k, v in _split(sd, "model.language_model.").items()}
-    if "lm_head.weight" in sd:
-        lm["lm_head.weight"] = sd["lm_head.weight"]
+    head = sd.get("lm_head.weight", lm.get(_EMBED))  # a tied head is the embedding
+    if head is not None:
+        lm["lm_head.weight"] = head
     out |= {"language_model." + k: v for k, v in llm.from_hf(lm, text_config).items()}
     return out
 
@@ -109,7 +114,7 @@ def original_config(
         "architectures": [ARCHITECTURE],
         "model_type": MODEL_TYPE,
         "vision_config": vision_family().own_config(config.vision_config),
-        "llm_config": llm.own_config(text),
+        "llm_config": llm.own_config(text) | {"tie_word_embeddings": TIED_EMBEDDINGS},
         "downsample_ratio": config.downsample_ratio,
         "ps_version": getattr(config, "ps_version", "v2"),
         "select_layer": config.vision_feature_layer,
@@ -121,6 +126,6 @@ def original_config(
         "max_dynamic_patch": max_dynamic_patch,
         "use_backbone_lora": 0,
         "use_llm_lora": 0,
-        "tie_word_embeddings": bool(text.tie_word_embeddings),
+        "tie_word_embeddings": TIED_EMBEDDINGS,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
