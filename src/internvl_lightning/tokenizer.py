@@ -11,23 +11,65 @@ import json
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from .constants import IM_END, IM_START, VLM_SPECIAL_TOKENS
 
 TokenizerSource = str | Path | PreTrainedTokenizerBase
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def tokenizer_code(path: str | Path) -> list[str]:
+    """The classes a tokenizer dir's own code defines (``tokenizer_config.json``'s ``auto_map``:
+    slow class first, then fast), empty for tokenizers transformers itself implements."""
+    ref = (_json(Path(path) / "tokenizer_config.json").get("auto_map") or {}).get("AutoTokenizer") or []
+    return [r for r in ([ref] if isinstance(ref, str) else ref) if r]
+
+
 def read_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A directory's tokenizer as its LLM ships it (no VLM tokens added), with errors naming the dir.
 
-    ``trust_remote_code`` is always decided (never None), so transformers never stops to ask.
+    A tokenizer defined by its own code (InternLM2's ``tokenization_internlm2.py``) is read only
+    with ``trust_remote_code=True``, and then by its first (slow) class, the one InternVL's
+    trainer uses (``use_fast=False``). ``trust_remote_code`` is always decided, never None, so
+    transformers never stops to ask.
     """
-    if not Path(path).exists():
+    d = Path(path)
+    if not d.exists():
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    code = tokenizer_code(d)
+    if code and not trust_remote_code:
+        module = code[0].rsplit(".", 1)[0]
+        raise ValueError(
+            f"the tokenizer in {d} is defined by its own code ({module}.py, named in "
+            "tokenizer_config.json's auto_map); code from a checkpoint runs only when asked: read "
+            "that file, then pass trust_remote_code=True (--model.trust_remote_code=true / --trust_remote_code)"
+        )
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        if code:
+            cls = get_class_from_dynamic_module(code[0], str(d), local_files_only=True)
+            return cls.from_pretrained(str(d))
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises many types here; name the directory
         raise ValueError(f"could not load a tokenizer from {path}: {err}") from err
+
+
+def token_id_in_files(path: str | Path, token: str) -> int | None:
+    """The id a tokenizer dir's files give an added ``token`` (``tokenizer.json``,
+    ``added_tokens.json`` or ``tokenizer_config.json``), read without running any tokenizer code."""
+    d = Path(path)
+    for added in _json(d / "tokenizer.json").get("added_tokens") or []:
+        if added.get("content") == token:
+            return int(added["id"])
+    if token in (ids := _json(d / "added_tokens.json")):
+        return int(ids[token])
+    for key, entry in (_json(d / "tokenizer_config.json").get("added_tokens_decoder") or {}).items():
+        if entry.get("content") == token:
+            return int(key)
+    return None
 
 
 def load_tokenizer(source: TokenizerSource, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

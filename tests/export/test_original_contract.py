@@ -81,7 +81,10 @@ def test_llm_config_is_in_released_form(family, tmp_path):
     assert "rope_parameters" not in llm and "dtype" not in llm and "layer_types" not in llm
     assert llm["tie_word_embeddings"] is False and config["tie_word_embeddings"] is False
     weights = load_file(str(out / "model.safetensors"))
-    head, embed = weights["language_model.lm_head.weight"], weights["language_model.model.embed_tokens.weight"]
+    head, embed = (
+        weights["language_model.lm_head.weight"],
+        weights["language_model.model.embed_tokens.weight"],
+    )
     assert torch.equal(head, embed)
 
 
@@ -91,4 +94,6 @@ def test_internlm2_export_writes_its_head_and_rope(tmp_path):
     llm = json.loads((out / "config.json").read_text())["llm_config"]
     assert llm["architectures"] == ["InternLM2ForCausalLM"] and llm["rope_theta"] == 1e6
     weights = load_file(str(out / "model.safetensors"))
-    assert torch.equal(weights["language_model.output.weight"], weights["language_model.model.tok_embeddings.weight"])
+    assert torch.equal(
+        weights["language_model.output.weight"], weights["language_model.model.tok_embeddings.weight"]
+    )

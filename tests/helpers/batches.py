@@ -74,7 +74,9 @@ def model_logits(model, ids, pixels) -> torch.Tensor:
         return model(input_ids=ids, pixel_values=pixels).logits
 
 
-def family_vlm(family: str, tie: bool = False, seed: int = 0, vocab: int = 320, **text) -> InternVLForConditionalGeneration:
+def family_vlm(
+    family: str, tie: bool = False, seed: int = 0, vocab: int = 320, **text
+) -> InternVLForConditionalGeneration:
     """A tiny random VLM (tiny ViT preset) whose LLM is of ``family`` (``qwen2``, ``qwen3``,
     ``llama``, ``internlm2``: Llama-type), RoPE base 1e6, every weight perturbed off its init."""
     preset = LLM_PRESETS["tiny"]

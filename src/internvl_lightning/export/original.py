@@ -8,6 +8,7 @@ reading it back is `model.load.load_original`.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -16,6 +17,10 @@ from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBa
 from ..model.families import llm_family, llm_family_running
 from ..model.layout import hf_to_original, original_config
 from ..model.lora import merged_state_dict
+from .code import copy_model_code, missing_model_code
+from .tokenizer import save_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 def export_original(
@@ -25,12 +30,16 @@ def export_original(
     llm_arch: str | None = None,
     template: str = "internvl2_5",
     max_dynamic_patch: int = 12,
+    code_from: str | Path | None = None,
 ) -> Path:
     """Write `model` in the original layout; LoRA adapters are folded into the weights.
 
     `llm_arch` names the LLM family whose layout the LLM is written in: by default the family the
     model runs as (a Qwen2 LLM as `Qwen2ForCausalLM`, a Qwen3 one as `Qwen3ForCausalLM`);
-    `"internlm2"` packs a Llama-type LLM back into InternLM2's wqkv form.
+    `"internlm2"` packs a Llama-type LLM back into InternLM2's wqkv form. `code_from`: a
+    directory with InternVL's modeling files (e.g. a downloaded InternVL checkpoint) to copy
+    beside the weights, so that `AutoModel.from_pretrained(out_dir, trust_remote_code=True)` works;
+    without it the export logs which files that needs.
     """
     cfg = model.config
     text = cfg.text_config
@@ -42,7 +51,9 @@ def export_original(
         )
     sd = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()}
     if text.tie_word_embeddings:  # the layout is untied (layout.TIED_EMBEDDINGS): the head is its own tensor
-        sd["lm_head.weight"] = sd.get("lm_head.weight", sd["model.language_model.embed_tokens.weight"]).clone()
+        sd["lm_head.weight"] = sd.get(
+            "lm_head.weight", sd["model.language_model.embed_tokens.weight"]
+        ).clone()
     dtype = next(model.parameters()).dtype
     config = original_config(cfg, family, template=template, max_dynamic_patch=max_dynamic_patch, dtype=dtype)
     out = Path(out_dir)
@@ -50,5 +61,16 @@ def export_original(
     save_file(hf_to_original(sd, family, text), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out)
+    if code_from is not None:
+        copy_model_code(code_from, out)
+    missing = missing_model_code(out)
+    if missing:
+        log.warning(
+            "%s: InternVL's own code reads these weights, but AutoModel.from_pretrained(..., "
+            "trust_remote_code=True) also needs %s beside them; export with code_from=DIR "
+            "(--code_from DIR), DIR holding InternVL's modeling files (any downloaded InternVL checkpoint)",
+            out,
+            ", ".join(missing),
+        )
     return out

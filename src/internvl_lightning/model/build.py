@@ -14,6 +14,7 @@ from transformers.initialization import no_init_weights
 from ..constants import IMG_CONTEXT_TOKEN
 from ..tokenizer import add_vlm_tokens, check_chat_tokens, read_tokenizer
 from .config import internvl_config
+from .hub import model_dir
 from .load import (
     PathLike,
     Tensors,
@@ -101,8 +102,11 @@ def build_model(
     Options left as None default to drop_path_rate 0.0, select_layer -1, ps_version "v2" and
     downsample_ratio 0.5. The output layer is tied iff the LLM's own config says so, unless
     ``tie_word_embeddings`` overrides it. The model is returned in eval mode (like
-    ``from_pretrained``).
+    ``from_pretrained``). Each directory may be a hub id instead (``OpenGVLab/InternVL2_5-1B``,
+    see ``hub.py``). ``trust_remote_code``: let a tokenizer defined by its own code
+    (``tokenization_*.py``) run it.
     """
+    vision, llm, init_from = (None if d is None else model_dir(d) for d in (vision, llm, init_from))
     for d in (vision, llm):
         if init_from is None and d is not None and vlm_layout(d) is not None:
             init_from = d

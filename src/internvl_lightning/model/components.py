@@ -92,8 +92,9 @@ def build_tokenizer(
     """Train a byte-level BPE tokenizer on ``corpus`` (plus a small base corpus) and save it.
 
     The directory then looks like a downloaded LLM's tokenizer (``tokenizer.json`` +
-    ``tokenizer_config.json``) and is read back as any LLM's is. ``extra_tokens`` are
-    added as single special tokens after the BPE vocabulary.
+    ``tokenizer_config.json``; the ``qwen2`` style also ``vocab.json`` + ``merges.txt``, as
+    Qwen2.5 ships them) and is read back as any LLM's is. ``extra_tokens`` are added as single
+    special tokens after the BPE vocabulary.
     """
     if style not in _STYLES:
         raise ValueError(f"unknown tokenizer style {style!r}; choose one of {sorted(_STYLES)}")
@@ -118,6 +119,8 @@ def build_tokenizer(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
+    if style == "qwen2":
+        tok.model.save(str(out))  # vocab.json + merges.txt
     config = dict(spec["config"], model_max_length=model_max_length, clean_up_tokenization_spaces=False)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return read_tokenizer(out)

@@ -41,6 +41,8 @@ class LLMFamily:
         config_to_hf, config_from_hf: its own config.json dict <-> transformers config (None:
             transformers reads the dict as it is).
         weights_to_hf, weights_from_hf: its own state dict <-> transformers' (None: the same keys).
+        auto_map: for a family transformers runs from the checkpoint's own code, the config.json
+            ``auto_map`` its released checkpoints carry (which module holds which class).
     """
 
     name: str
@@ -52,6 +54,7 @@ class LLMFamily:
     config_from_hf: Callable[[PretrainedConfig], dict] | None = None
     weights_to_hf: Callable[[Tensors, PretrainedConfig], Tensors] | None = None
     weights_from_hf: Callable[[Tensors, PretrainedConfig], Tensors] | None = None
+    auto_map: Mapping[str, str] | None = None
 
     @property
     def native(self) -> bool:
@@ -69,7 +72,8 @@ class LLMFamily:
         """A transformers config -> this family's config.json dict, in the form its released
         checkpoints carry (what transformers 4.x reads too, see :func:`released_form`)."""
         values = self.config_from_hf(cfg) if self.config_from_hf is not None else released_form(cfg.to_dict())
-        return values | {"architectures": [self.architecture], "model_type": self.model_type}
+        names = {"architectures": [self.architecture], "model_type": self.model_type}
+        return values | names | ({"auto_map": dict(self.auto_map)} if self.auto_map else {})
 
     def to_hf(self, sd: Tensors, cfg: PretrainedConfig) -> Tensors:
         """A state dict in this family's layout -> transformers' keys (``model.*``, ``lm_head.weight``)."""
@@ -131,6 +135,11 @@ LLM_FAMILIES: dict[str, LLMFamily] = {
             config_from_hf=convert.internlm2_config_from_llama,
             weights_to_hf=lambda sd, cfg: convert.internlm2_to_llama(sd, *_heads(cfg)),
             weights_from_hf=lambda sd, cfg: convert.llama_to_internlm2(sd, *_heads(cfg)),
+            auto_map={
+                "AutoConfig": "configuration_internlm2.InternLM2Config",
+                "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+                "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+            },
         ),
     )
 }

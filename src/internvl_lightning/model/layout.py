@@ -28,6 +28,12 @@ DEFAULT_PS_VERSION = "v1"
 # original-layout checkpoint always carries its output head (a tied one written out).
 TIED_EMBEDDINGS = False
 _EMBED = "model.embed_tokens.weight"
+# Where transformers finds the layout's classes under trust_remote_code (modules beside config.json).
+AUTO_MAP = {
+    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+    "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+}
 
 
 def is_original_config(raw: Mapping[str, Any]) -> bool:
@@ -112,6 +118,7 @@ def original_config(
     text = config.text_config
     return {
         "architectures": [ARCHITECTURE],
+        "auto_map": dict(AUTO_MAP),
         "model_type": MODEL_TYPE,
         "vision_config": vision_family().own_config(config.vision_config),
         "llm_config": llm.own_config(text) | {"tie_word_embeddings": TIED_EMBEDDINGS},

@@ -22,9 +22,10 @@ from transformers import InternVLForConditionalGeneration, PretrainedConfig, Pre
 from transformers.initialization import no_init_weights
 
 from ..constants import IMG_CONTEXT_TOKEN
-from ..tokenizer import TokenizerSource, load_tokenizer, read_tokenizer
+from ..tokenizer import TokenizerSource, load_tokenizer, token_id_in_files
 from .convert import Tensors, projector_to_hf
 from .families import LLMFamily, VisionFamily, llm_family_of, vision_family_of
+from .hub import model_dir
 from .layout import ARCHITECTURE as ORIGINAL_ARCHITECTURE
 from .layout import is_original_config, original_to_hf, read_original_config
 from .options import apply_options
@@ -246,10 +247,12 @@ def _with_options(
 
 
 def _image_token_id(directory: Path) -> int:
-    tok = read_tokenizer(directory)
-    token_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    if token_id is None or token_id == tok.unk_token_id:
-        raise ValueError(f"tokenizer in {directory} has no {IMG_CONTEXT_TOKEN} token")
+    token_id = token_id_in_files(directory, IMG_CONTEXT_TOKEN)
+    if token_id is None:
+        raise ValueError(
+            f"the tokenizer files in {directory} (tokenizer.json, added_tokens.json, "
+            f"tokenizer_config.json) have no {IMG_CONTEXT_TOKEN} token"
+        )
     return token_id
 
 
@@ -288,7 +291,9 @@ def load_original(
 def load_vlm(
     directory: PathLike, device: str | torch.device | None = None, **options
 ) -> InternVLForConditionalGeneration:
-    """Any full VLM dir, HF-native or original layout (``options`` as :func:`load_pretrained_vlm`)."""
+    """Any full VLM dir, HF-native or original layout, or a hub id naming one (``options`` as
+    :func:`load_pretrained_vlm`)."""
+    directory = model_dir(directory)
     layout = vlm_layout(directory)
     if layout == "hf":
         return load_pretrained_vlm(directory, device, **options)
@@ -312,7 +317,7 @@ def load_vlm_and_tokenizer(
         if tokenizer is None:
             raise ValueError("no tokenizer: pass tokenizer=<LLM dir or tokenizer object> with a model object")
         return source, load_tokenizer(tokenizer)
-    path = Path(source)
+    path = model_dir(source)
     if path.is_file() and path.suffix == ".ckpt":
         raise ValueError(
             f"{path} is a Lightning checkpoint: read it with "

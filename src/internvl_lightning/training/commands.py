@@ -81,6 +81,7 @@ def export_checkpoint(
     template: str | None = None,
     normalization: Literal["imagenet", "clip", "siglip"] | None = None,
     max_dynamic_patch: int | None = None,
+    code_from: str | Path | None = None,
 ) -> Path:
     """Write a checkpoint as an HF-native directory (transformers loads it natively) or in the original layout.
 
@@ -97,6 +98,9 @@ def export_checkpoint(
         normalization: pixel normalisation it was trained with (hf layout; default: the record,
             else imagenet).
         max_dynamic_patch: tile budget it was trained with (default: the record, else 12).
+        code_from: original layout only: a directory with InternVL's modeling files (e.g. a
+            downloaded InternVL checkpoint) to copy beside the weights, for
+            ``AutoModel.from_pretrained(..., trust_remote_code=True)``.
     """
     model, tok = load_checkpoint(checkpoint, tokenizer)
     record = read_training_record(checkpoint) if Path(checkpoint).is_dir() else {}
@@ -109,4 +113,4 @@ def export_checkpoint(
     if torch_dtype is not None:
         model = model.to(torch_dtype)
     settings.pop("normalization", None)  # the original layout has no field for it
-    return Path(export_original(model, out_dir, tok, llm_arch=llm_arch, **settings))
+    return Path(export_original(model, out_dir, tok, llm_arch=llm_arch, code_from=code_from, **settings))

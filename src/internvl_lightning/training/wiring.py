@@ -11,6 +11,7 @@ from typing import Any
 
 from ..model.config import tokens_per_tile as tile_tokens
 from ..model.config import vision_geometry
+from ..model.hub import model_dir
 from ..model.load import load_vision_config, read_config
 from ..model.presets import get_preset
 
@@ -19,10 +20,10 @@ def _vision(vision: str | None, init_from: str | None, preset: str | None) -> tu
     """The vision encoder a run will build (a config, a config dict or a preset) and the stored
     downsample ratio, if any."""
     if init_from:
-        raw = read_config(init_from, "init_from")
+        raw = read_config(model_dir(init_from), "init_from")
         return raw.get("vision_config", raw), raw.get("downsample_ratio")
     if vision:
-        return load_vision_config(vision), None
+        return load_vision_config(model_dir(vision)), None
     if preset:
         p = get_preset(preset)
         return p.vision, p.downsample_ratio
@@ -30,8 +31,10 @@ def _vision(vision: str | None, init_from: str | None, preset: str | None) -> tu
 
 
 def tokenizer_dir(llm: str | None, init_from: str | None) -> str | None:
-    """The tokenizer goes with the weights: a previous stage's dir, else the LLM dir."""
-    return init_from or llm
+    """The tokenizer goes with the weights: a previous stage's dir, else the LLM dir (a hub id:
+    its local snapshot)."""
+    source = init_from or llm
+    return None if source is None else str(model_dir(source))
 
 
 def image_size(vision: str | None, init_from: str | None, preset: str | None) -> int:
