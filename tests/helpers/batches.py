@@ -75,16 +75,26 @@ def model_logits(model, ids, pixels) -> torch.Tensor:
 
 
 def family_vlm(
-    family: str, tie: bool = False, seed: int = 0, vocab: int = 320, **text
+    family: str,
+    tie: bool = False,
+    seed: int = 0,
+    vocab: int = 320,
+    image_token_id: int | None = None,
+    vision: dict | None = None,
+    select_layer: int = -1,
+    **text,
 ) -> InternVLForConditionalGeneration:
-    """A tiny random VLM (tiny ViT preset) whose LLM is of ``family`` (``qwen2``, ``qwen3``,
-    ``llama``, ``internlm2``: Llama-type), RoPE base 1e6, every weight perturbed off its init."""
+    """A tiny random VLM (tiny ViT preset, ``vision`` overriding its config) whose LLM is of
+    ``family`` (``qwen2``, ``qwen3``, ``llama``; ``internlm2`` runs as Llama), RoPE base 1e6, every
+    weight perturbed off its init. ``image_token_id`` defaults to the last id."""
     preset = LLM_PRESETS["tiny"]
     cfg = text_config(preset, vocab_size=vocab, tie_word_embeddings=tie, **text)
     if family != "qwen2":
         values = {k: v for k, v in cfg.to_dict().items() if k not in ("model_type", "architectures")}
         cfg = CONFIG_MAPPING[llm_family(family).hf_model_type](**values)
-    config = internvl_config(vision_config(VISION_PRESETS["tiny"]), cfg, vocab - 1, 0.5, -1, tie)
+    image_token = vocab - 1 if image_token_id is None else image_token_id
+    vit = vision_config(VISION_PRESETS["tiny"], **(vision or {}))
+    config = internvl_config(vit, cfg, image_token, 0.5, select_layer, tie)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
     g = torch.Generator().manual_seed(seed)

@@ -105,7 +105,8 @@ class InternVLDataModule(pl.LightningDataModule):
 
     ``shards``: shard directory (or URL prefix, or a list of them) with the shard tool's
     ``index.json``; or ``sources``: dataset name -> :class:`SourceConfig`. ``tokenizer``: the LLM
-    directory (InternVL's tokens are added) or a loaded tokenizer. ``batch_size``: packs per step.
+    directory (InternVL's tokens are added) or a loaded tokenizer; ``trust_remote_code``: let a
+    tokenizer defined by its own code (``tokenization_*.py``) run it. ``batch_size``: packs per step.
     ``sqrt_resampling``: mixture weights by sqrt(count) (reference ``--use_data_resampling``).
     ``replacement``: restart an exhausted dataset instead of dropping it until the epoch ends.
     ``epochs``: None = endless stream; N = one data epoch per trainer epoch (set max_epochs=N).
@@ -120,6 +121,7 @@ class InternVLDataModule(pl.LightningDataModule):
         shards: str | list[str] | None = None,
         sources: dict[str, SourceConfig] | None = None,
         tokenizer: str | None = None,
+        trust_remote_code: bool = False,
         template: str = "internvl2_5",
         image_size: int = 448,
         tokens_per_tile: int = 256,
@@ -154,6 +156,7 @@ class InternVLDataModule(pl.LightningDataModule):
             raise ValueError("replacement never ends an epoch: use max_steps (epochs=None) with it")
         self.shards, self.sources, self.val_shards = shards, sources, val_shards
         self.tokenizer = tokenizer
+        self.trust_remote_code = trust_remote_code
         self.packing = packing if isinstance(packing, PackingConfig) else PackingConfig(**packing)
         self.encode_config = EncodeConfig(
             template=template,
@@ -194,7 +197,9 @@ class InternVLDataModule(pl.LightningDataModule):
     def _load_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError("InternVLDataModule needs tokenizer (the LLM directory)")
-        return load_tokenizer(self.tokenizer)  # a directory, or a tokenizer object (notebooks, tests)
+        return load_tokenizer(
+            self.tokenizer, self.trust_remote_code
+        )  # a directory, or a tokenizer object (notebooks, tests)
 
     def _check_headers(self, headers: list[dict]) -> None:
         """Warn when shards were counted with other settings (their stored counts then differ)."""

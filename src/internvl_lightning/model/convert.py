@@ -22,8 +22,16 @@ Tensors = dict[str, torch.Tensor]
 # ---------------------------------------------------------------- vision: InternViT <-> HF
 
 
+NORM_TYPES = ("rms_norm", "layer_norm")
+
+
 def vision_config_from_original(cfg: dict) -> InternVLVisionConfig:
     """InternViT config.json -> ``InternVLVisionConfig`` (ViT stores norm_type only when not rms)."""
+    norm = cfg.get("norm_type", "rms_norm")
+    if norm not in NORM_TYPES:
+        raise ValueError(
+            f"vision_config norm_type {norm!r} is not one InternViT has ({', '.join(NORM_TYPES)})"
+        )
     hf = InternVLVisionConfig(
         hidden_size=cfg["hidden_size"],
         num_hidden_layers=cfg["num_hidden_layers"],
@@ -31,7 +39,7 @@ def vision_config_from_original(cfg: dict) -> InternVLVisionConfig:
         intermediate_size=cfg["intermediate_size"],
         attention_bias=cfg.get("qkv_bias", True),
         use_qk_norm=cfg.get("qk_normalization", False),
-        norm_type=cfg.get("norm_type", "rms_norm"),
+        norm_type=norm,
         layer_norm_eps=cfg.get("layer_norm_eps", 1e-6),
         hidden_act=cfg.get("hidden_act", "gelu"),
         image_size=cfg.get("image_size", 448),

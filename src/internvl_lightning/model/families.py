@@ -169,11 +169,19 @@ class VisionFamily:
     weights_from_hf: Callable[[Tensors], Tensors]
     hf_config_class: type[PretrainedConfig] = InternVLVisionConfig
 
-    def hf_config(self, raw: Mapping[str, Any], layout: str) -> PretrainedConfig:
-        """A config.json dict in ``layout`` (``hf`` or ``original``) -> the transformers config."""
-        if layout == "original":
-            return self.config_to_hf(dict(raw))
-        return self.hf_config_class.from_dict({k: v for k, v in raw.items() if k not in _FILE_KEYS})
+    def hf_config(
+        self, raw: Mapping[str, Any], layout: str, where: str = "the vision config"
+    ) -> PretrainedConfig:
+        """A config.json dict in ``layout`` (``hf`` or ``original``) -> the transformers config;
+        errors name ``where`` (the file and key the dict came from)."""
+        try:
+            if layout == "original":
+                return self.config_to_hf(dict(raw))
+            return self.hf_config_class.from_dict({k: v for k, v in raw.items() if k not in _FILE_KEYS})
+        except KeyError as err:
+            raise ValueError(f"{where} lacks the field {err.args[0]!r}") from err
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
 
     def to_hf(self, sd: Tensors, layout: str) -> Tensors:
         """A state dict in ``layout`` -> transformers' keys."""

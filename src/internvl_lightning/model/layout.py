@@ -87,11 +87,14 @@ class OriginalConfig:
 
 def read_original_config(raw: Mapping[str, Any], image_token_id: int, where: str) -> OriginalConfig:
     """An original-layout config.json dict -> our composite config (the LLM as transformers runs it)."""
+    for key in ("llm_config", "vision_config"):
+        if not isinstance(raw.get(key), Mapping):
+            raise ValueError(f"{where} has no {key} (an original-layout InternVL config.json has both)")
     llm_raw = dict(raw["llm_config"])
     llm = llm_family_of(llm_raw, f"{where} (llm_config)")
     text = llm.hf_config(llm_raw)
     vision_raw = raw["vision_config"]
-    vision = vision_family().hf_config(vision_raw, "original")
+    vision = vision_family().hf_config(vision_raw, "original", f"{where} (vision_config)")
     config = internvl_config(
         vision,
         text,

@@ -49,6 +49,27 @@ def read_config(directory: PathLike, what: str = "component") -> dict:
     return json.loads(path.read_text())
 
 
+def _indexed_shards(d: Path, index_name: str) -> list[Path]:
+    """The shard files a weight index names, each checked to be there (empty: no index)."""
+    index = d / index_name
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{index} is not a weight index (a JSON object with weight_map): {err}") from err
+    files = sorted({d / str(name) for name in weight_map.values()})
+    for f in files:
+        if f.parent != d:
+            raise ValueError(f"{index} names a shard outside its directory: {f.name!r}")
+        if not f.is_file():
+            keys = [k for k, v in weight_map.items() if d / str(v) == f]
+            raise FileNotFoundError(
+                f"{index} names the shard {f.name}, which is missing (it holds {keys[0]} and {len(keys) - 1} more)"
+            )
+    return files
+
+
 def read_weights(directory: PathLike) -> Tensors:
     """All tensors of a checkpoint directory: ``*.safetensors`` (sharded or not); torch ``.bin``
     files only as a fallback, and then with ``weights_only=True`` (no pickle code execution)."""
@@ -57,7 +78,7 @@ def read_weights(directory: PathLike) -> Tensors:
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory {d} does not exist")
-    files = sorted(d.glob("*.safetensors"))
+    files = _indexed_shards(d, "model.safetensors.index.json") or sorted(d.glob("*.safetensors"))
     if files:
         sd: Tensors = {}
         for f in files:
@@ -123,13 +144,14 @@ def vision_layout(vision_dir: PathLike) -> str:
 def load_vision_config(vision_dir: PathLike) -> PretrainedConfig:
     """The transformers config of a vision encoder dir (either layout)."""
     family, layout, raw = _vision_kind(vision_dir)
-    return family.hf_config(raw, layout)
+    return family.hf_config(raw, layout, str(Path(vision_dir) / "config.json"))
 
 
 def load_vision(vision_dir: PathLike) -> tuple[PretrainedConfig, Tensors]:
     """Config + transformers state dict of a vision encoder dir (either layout)."""
     family, layout, raw = _vision_kind(vision_dir)
-    return family.hf_config(raw, layout), family.to_hf(read_weights(vision_dir), layout)
+    config = family.hf_config(raw, layout, str(Path(vision_dir) / "config.json"))
+    return config, family.to_hf(read_weights(vision_dir), layout)
 
 
 def llm_family_of_dir(llm_dir: PathLike) -> LLMFamily:
@@ -309,18 +331,21 @@ def load_vlm(
 def load_vlm_and_tokenizer(
     source: InternVLForConditionalGeneration | PathLike,
     tokenizer: TokenizerSource | None = None,
+    trust_remote_code: bool = False,
     **options,
 ) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerBase]:
     """A model object or a full VLM dir, and its tokenizer: ``tokenizer`` (a dir or an object)
-    when given, else the dir's own. ``options`` as :func:`load_vlm`."""
+    when given, else the dir's own (``trust_remote_code``: see ``tokenizer.read_tokenizer``).
+    ``options`` as :func:`load_vlm`."""
     if isinstance(source, InternVLForConditionalGeneration):
         if tokenizer is None:
             raise ValueError("no tokenizer: pass tokenizer=<LLM dir or tokenizer object> with a model object")
-        return source, load_tokenizer(tokenizer)
+        return source, load_tokenizer(tokenizer, trust_remote_code)
     path = model_dir(source)
     if path.is_file() and path.suffix == ".ckpt":
         raise ValueError(
             f"{path} is a Lightning checkpoint: read it with "
             "internvl_lightning.training.checkpoint.load_checkpoint (the evaluate and export commands do)"
         )
-    return load_vlm(path, **options), load_tokenizer(tokenizer if tokenizer is not None else path)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else path, trust_remote_code)
+    return load_vlm(path, **options), tok

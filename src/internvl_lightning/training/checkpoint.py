@@ -256,16 +256,18 @@ def load_lightning_checkpoint(path: str | Path) -> tuple[InternVLForConditionalG
 def load_checkpoint(
     source: InternVLForConditionalGeneration | str | Path,
     tokenizer: TokenizerSource | None = None,
+    trust_remote_code: bool = False,
     **options: Any,
 ) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerBase]:
     """Any checkpoint kind and its tokenizer: a Lightning `.ckpt` of `InternVLChat`, a full VLM dir
     (a stage output, HF-native or original InternVL; `options` as `model.load.load_vlm`) or a model
-    object (then pass `tokenizer`). `tokenizer` defaults to the one that goes with the checkpoint."""
+    object (then pass `tokenizer`). `tokenizer` defaults to the one that goes with the checkpoint;
+    `trust_remote_code` lets a tokenizer defined by its own code run it."""
     if not isinstance(source, InternVLForConditionalGeneration):
         path = Path(source)
         if path.is_file() and path.suffix == ".ckpt":
             model, tok_dir = load_lightning_checkpoint(path)
             if tokenizer is None and tok_dir is None:
                 raise ValueError(f"checkpoint {path} names no tokenizer dir: pass tokenizer=<LLM dir>")
-            return model, load_tokenizer(tokenizer if tokenizer is not None else tok_dir)
-    return load_vlm_and_tokenizer(source, tokenizer, **options)
+            return model, load_tokenizer(tokenizer if tokenizer is not None else tok_dir, trust_remote_code)
+    return load_vlm_and_tokenizer(source, tokenizer, trust_remote_code, **options)

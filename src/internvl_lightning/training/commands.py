@@ -29,6 +29,7 @@ def evaluate_checkpoint(
     tokenizer: str | Path | None = None,
     device: str | None = None,
     dtype: DTYPES | None = None,
+    trust_remote_code: bool = False,
     **options,
 ) -> EvalResult | None:
     """Score a checkpoint on a benchmark file (MMBench / MMMU / MathVista / VQA), beside published numbers.
@@ -42,6 +43,7 @@ def evaluate_checkpoint(
         tokenizer: tokenizer dir (default: the one that goes with the checkpoint).
         device: default cuda when available, else cpu.
         dtype: default bfloat16 on a GPU, float32 on the CPU.
+        trust_remote_code: let a tokenizer defined by its own code (``tokenization_*.py``) run it.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and device in (None, "cuda")
@@ -54,7 +56,7 @@ def evaluate_checkpoint(
         torch.cuda.set_device(where)  # NCCL collectives (all_gather_object) use the current device
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if cuda else torch.float32)
     try:
-        model, tok = load_checkpoint(checkpoint, tokenizer)
+        model, tok = load_checkpoint(checkpoint, tokenizer, trust_remote_code)
         model = model.to(device=where, dtype=torch_dtype)
         result = evaluate(
             model,
@@ -82,6 +84,7 @@ def export_checkpoint(
     normalization: Literal["imagenet", "clip", "siglip"] | None = None,
     max_dynamic_patch: int | None = None,
     code_from: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Write a checkpoint as an HF-native directory (transformers loads it natively) or in the original layout.
 
@@ -92,7 +95,8 @@ def export_checkpoint(
         tokenizer: tokenizer dir (default: the one that goes with the checkpoint).
         dtype: convert the weights (default: as trained).
         llm_arch: original layout only: the LLM family to write (``internlm2`` packs a Llama LLM
-            back into wqkv form; default: the family it runs as).
+            back into wqkv form; default: the family of an original-layout checkpoint's own
+            ``llm_config``, else the family it runs as).
         template: chat template the model was trained with (default: the checkpoint dir's
             training record, else internvl2_5).
         normalization: pixel normalisation it was trained with (hf layout; default: the record,
@@ -101,9 +105,12 @@ def export_checkpoint(
         code_from: original layout only: a directory with InternVL's modeling files (e.g. a
             downloaded InternVL checkpoint) to copy beside the weights, for
             ``AutoModel.from_pretrained(..., trust_remote_code=True)``.
+        trust_remote_code: let a tokenizer defined by its own code (``tokenization_*.py``) run it.
     """
-    model, tok = load_checkpoint(checkpoint, tokenizer)
+    model, tok = load_checkpoint(checkpoint, tokenizer, trust_remote_code)
     record = read_training_record(checkpoint) if Path(checkpoint).is_dir() else {}
+    if llm_arch is None and "llm_config" in record:  # an original-layout dir keeps its family
+        llm_arch = (record["llm_config"].get("architectures") or [None])[0]
     given = {"template": template, "normalization": normalization, "max_dynamic_patch": max_dynamic_patch}
     settings = {k: v if v is not None else record.get(k) for k, v in given.items()}
     settings = {k: v for k, v in settings.items() if v is not None}

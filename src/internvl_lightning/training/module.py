@@ -28,7 +28,11 @@ class InternVLChat(L.LightningModule):
         vision: vision encoder directory (HF-native or original InternViT layout).
         llm: language model directory (transformers-native causal LM, or InternLM2 layout).
         mlp: optional projector weights; random otherwise.
-        init_from: a previous stage's HF-native output directory (replaces vision/llm/mlp).
+        init_from: a full VLM to start from (replaces vision/llm/mlp): a previous stage's output,
+            an HF-native or original-layout InternVL directory (a released checkpoint), or a hub
+            id such as ``OpenGVLab/InternVL2_5-1B`` (downloaded, or from the local cache offline).
+        trust_remote_code: let a tokenizer defined by its own code (InternLM2's
+            ``tokenization_internlm2.py``) run it; without it such a tokenizer is refused.
         preset: a named shape (e.g. "8b") to build with random weights, for planning and tests.
         select_layer, downsample_ratio, ps_version, drop_path_rate: model options; None keeps what an
             `init_from` checkpoint stored (fresh builds: -1, 0.5, "v2", 0.0).
@@ -58,6 +62,7 @@ class InternVLChat(L.LightningModule):
         mlp: str | None = None,
         init_from: str | None = None,
         preset: str | None = None,
+        trust_remote_code: bool = False,
         select_layer: int | None = None,
         downsample_ratio: float | None = None,
         ps_version: str | None = None,
@@ -86,7 +91,7 @@ class InternVLChat(L.LightningModule):
         if not (init_from or preset or (vision and llm)):
             raise ValueError(
                 "InternVLChat needs its components: pass --model.vision=DIR and --model.llm=DIR "
-                "(stage 1), or --model.init_from=DIR (a previous stage's output)"
+                "(stage 1), or --model.init_from=DIR (a previous stage's output, or any InternVL checkpoint)"
             )
         self.model = None
         self.lm_head_scope = ParamScope()  # replaced in configure_model (see prepare_for_strategy)
@@ -125,6 +130,7 @@ class InternVLChat(L.LightningModule):
             downsample_ratio=h.downsample_ratio,
             ps_version=h.ps_version,
             attn_implementation=h.attn_implementation,
+            trust_remote_code=h.trust_remote_code,
         )
 
     def configure_model(self) -> None:

@@ -53,6 +53,7 @@ def link_model_to_data(parser) -> None:
     """Add the model -> data links to a LightningCLI parser."""
     m = "model."
     parser.link_arguments((m + "llm", m + "init_from"), "data.tokenizer", compute_fn=tokenizer_dir)
+    parser.link_arguments(m + "trust_remote_code", "data.trust_remote_code")
     parser.link_arguments(
         (m + "vision", m + "init_from", m + "preset"), "data.image_size", compute_fn=image_size
     )
