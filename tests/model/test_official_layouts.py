@@ -15,14 +15,17 @@ import sys
 
 import pytest
 import torch
+from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 from internvl_lightning.constants import IMG_CONTEXT_TOKEN
 from internvl_lightning.export import export_hf, export_original
 from internvl_lightning.model.build import build_model
+from internvl_lightning.model.components import write_components
 from internvl_lightning.model.hub import is_hub_id, model_dir
 from internvl_lightning.model.load import load_vlm, load_vlm_and_tokenizer
 from internvl_lightning.model.options import apply_options
+from internvl_lightning.tokenizer import load_tokenizer
 from tests.helpers.batches import family_vlm, model_logits, vlm_inputs
 
 VIT_6B = {"norm_type": "rms_norm", "use_qk_norm": True, "attention_bias": False}
@@ -158,8 +161,6 @@ def _hub_cache(cache, repo: str, files_from) -> None:
 
 
 def test_hub_id_resolves_to_the_local_cache_offline(original_dir, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
     cache = tmp_path / "hub"
     _hub_cache(cache, "OpenGVLab/InternVL-tiny", original_dir)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -173,3 +174,19 @@ def test_hub_id_resolves_to_the_local_cache_offline(original_dir, tmp_path, monk
     )
     with pytest.raises(FileNotFoundError, match="OpenGVLab/absent.*HF_HUB_OFFLINE"):
         model_dir("OpenGVLab/absent")
+
+
+def test_qwen3_components_to_original_layout_and_back(tmp_path):
+    """InternVL3.5's LLM family through every path: components, build, both exports, init_from."""
+    vision, llm = write_components("tiny-qwen3", tmp_path / "components", seed=0)
+    assert json.loads((llm / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    model, tok = build_model(vision=vision, llm=llm), load_tokenizer(llm)
+    assert type(model.model.language_model).__name__ == "Qwen3Model"
+    original = export_original(model, tmp_path / "orig", tok)
+    assert json.loads((original / "config.json").read_text())["llm_config"]["architectures"] == [
+        "Qwen3ForCausalLM"
+    ]
+    ids, pixels = vlm_inputs(model)
+    expected = model_logits(model, ids, pixels)
+    for source in (original, export_hf(model, tmp_path / "hf", tok)):
+        torch.testing.assert_close(model_logits(build_model(init_from=source), ids, pixels), expected)

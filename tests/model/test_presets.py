@@ -61,3 +61,27 @@ def test_pairings_and_tiny_shapes():
     assert set(VLM_PRESETS) >= {"1b", "2b", "4b", "8b", "26b", "38b", "78b", "tiny", "tiny-internlm2"}
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         get_preset("nope")
+
+
+# Total parameters in billions, as the model cards' tables give them (huggingface.co/OpenGVLab/
+# InternVL3-{1B,2B} and InternVL3_5-{1B,2B,4B,8B}, "Model Card" / "#Total Param"; InternVL3-8B:
+# its checkpoint page's model size). The LLM head is untied, as InternVL's config class makes it.
+PUBLISHED_ROUNDED = {
+    "internvl3-1b": 0.9,
+    "internvl3-2b": 2.1,
+    "internvl3-8b": 7.9,
+    "internvl3.5-1b": 1.1,
+    "internvl3.5-2b": 2.3,
+    "internvl3.5-4b": 4.7,
+    "internvl3.5-8b": 8.5,
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_ROUNDED))
+def test_internvl3_and_35_presets_match_their_cards(name):
+    counts = parameter_counts(meta_model(name))
+    assert round(counts["total"] / 1e9, 1) == PUBLISHED_ROUNDED[name]
+    family = get_preset(name).llm.arch
+    assert family == ("qwen3" if name.startswith("internvl3.5") else "qwen2")
+    if family == "qwen3":  # Qwen3 keeps a head_dim of 128 whatever the width
+        assert meta_model(name).config.text_config.head_dim == 128

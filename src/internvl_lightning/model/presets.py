@@ -54,6 +54,7 @@ class LLMPreset:
     tie_word_embeddings: bool
     rms_norm_eps: float
     max_position_embeddings: int
+    head_dim: int | None = None  # None: hidden_size / num_heads (Qwen3 sets its own)
 
     @property
     def tokenizer_style(self) -> str:
@@ -95,10 +96,15 @@ VISION_PRESETS = {
 
 _QWEN_TOK = 151665  # len() of every Qwen2.5 tokenizer
 _INTERNLM2_TOK = 92544
+_QWEN3_TOK = 151669  # len() of the Qwen3 tokenizers
 
 
 def _qwen(name: str, h: int, n: int, heads: int, kv: int, inter: int, vocab: int, tie: bool) -> LLMPreset:
     return LLMPreset(name, "qwen2", h, n, heads, kv, inter, vocab, _QWEN_TOK, 1e6, tie, 1e-6, 32768)
+
+
+def _qwen3(name: str, h: int, n: int, heads: int, inter: int, tie: bool) -> LLMPreset:
+    return LLMPreset(name, "qwen3", h, n, heads, 8, inter, 151936, _QWEN3_TOK, 1e6, tie, 1e-6, 40960, 128)
 
 
 def _internlm2(name: str, h: int, n: int, heads: int, kv: int, inter: int) -> LLMPreset:
@@ -116,12 +122,17 @@ LLM_PRESETS = {
         _qwen("Qwen2.5-7B", 3584, 28, 28, 4, 18944, 152064, False),
         _qwen("Qwen2.5-32B", 5120, 64, 40, 8, 27648, 152064, False),
         _qwen("Qwen2.5-72B", 8192, 80, 64, 8, 29568, 152064, False),
+        _qwen3("Qwen3-0.6B", 1024, 28, 16, 3072, True),
+        _qwen3("Qwen3-1.7B", 2048, 28, 16, 6144, True),
+        _qwen3("Qwen3-4B", 2560, 36, 32, 9728, True),
+        _qwen3("Qwen3-8B", 4096, 36, 32, 12288, False),
         _internlm2("InternLM2.5-1.8B", 2048, 24, 16, 8, 8192),
         _internlm2("InternLM2.5-7B", 4096, 32, 32, 8, 14336),
         _internlm2("InternLM2.5-20B", 6144, 48, 48, 8, 16384),
         # Tiny debug LLMs; the vocabulary comes from the tokenizer built beside them.
         LLMPreset("tiny", "qwen2", 64, 2, 4, 2, 128, 1024, None, 1e6, False, 1e-6, 4096),
         LLMPreset("tiny-internlm2", "internlm2", 64, 2, 4, 2, 128, 1024, None, 1e6, False, 1e-5, 4096),
+        LLMPreset("tiny-qwen3", "qwen3", 64, 2, 4, 2, 128, 1024, None, 1e6, True, 1e-6, 4096, head_dim=32),
     )
 }
 
@@ -136,8 +147,17 @@ VLM_PRESETS = {
         VLMPreset("26b", _V6B, LLM_PRESETS["InternLM2.5-20B"]),
         VLMPreset("38b", _V6B, LLM_PRESETS["Qwen2.5-32B"]),
         VLMPreset("78b", _V6B, LLM_PRESETS["Qwen2.5-72B"]),
+        # InternVL3 (InternViT-300M-448px-V2.5, the same shapes) and InternVL3.5 (Qwen3 LLMs).
+        VLMPreset("internvl3-1b", _V300, LLM_PRESETS["Qwen2.5-0.5B"]),
+        VLMPreset("internvl3-2b", _V300, LLM_PRESETS["Qwen2.5-1.5B"]),
+        VLMPreset("internvl3-8b", _V300, LLM_PRESETS["Qwen2.5-7B"]),
+        VLMPreset("internvl3.5-1b", _V300, LLM_PRESETS["Qwen3-0.6B"]),
+        VLMPreset("internvl3.5-2b", _V300, LLM_PRESETS["Qwen3-1.7B"]),
+        VLMPreset("internvl3.5-4b", _V300, LLM_PRESETS["Qwen3-4B"]),
+        VLMPreset("internvl3.5-8b", _V300, LLM_PRESETS["Qwen3-8B"]),
         VLMPreset("tiny", VISION_PRESETS["tiny"], LLM_PRESETS["tiny"]),
         VLMPreset("tiny-internlm2", VISION_PRESETS["tiny"], LLM_PRESETS["tiny-internlm2"]),
+        VLMPreset("tiny-qwen3", VISION_PRESETS["tiny"], LLM_PRESETS["tiny-qwen3"]),
     )
 }
 
@@ -184,6 +204,8 @@ def text_config(p: LLMPreset, vocab_size: int | None = None, **overrides) -> Pre
         tie_word_embeddings=p.tie_word_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
     )
+    if p.head_dim is not None:
+        kwargs["head_dim"] = p.head_dim
     return CONFIG_MAPPING[llm_family(p.arch).hf_model_type](**(kwargs | overrides))
 
 
