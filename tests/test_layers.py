@@ -1,5 +1,5 @@
 """The package's imports run one way: cli -> demo -> training -> (evaluation, export) -> (data, model)
--> tokenizer -> constants, as docs/ARCHITECTURE.md draws it. Read from the source (every import,
+-> tokenizer -> (constants, hub), as docs/ARCHITECTURE.md draws it. Read from the source (every import,
 function-level ones too), so a shortcut cannot slip in unseen."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ PACKAGE = Path(internvl_lightning.__file__).resolve().parent
 # Units of the same layer must not import each other either (data and model are peers).
 LAYERS = {
     "constants": 0,
+    "hub": 0,
     "tokenizer": 1,
     "data": 2,
     "model": 2,

@@ -10,10 +10,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from .constants import IM_END, IM_START, VLM_SPECIAL_TOKENS
+from .hub import model_dir
 
 TokenizerSource = str | Path | PreTrainedTokenizerBase
 
@@ -30,14 +31,15 @@ def tokenizer_code(path: str | Path) -> list[str]:
 
 
 def read_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """A directory's tokenizer as its LLM ships it (no VLM tokens added), with errors naming the dir.
+    """A directory's tokenizer (or a hub id's) as its LLM ships it (no VLM tokens added), with
+    errors naming the dir.
 
     A tokenizer defined by its own code (InternLM2's ``tokenization_internlm2.py``) is read only
     with ``trust_remote_code=True``, and then by its first (slow) class, the one InternVL's
     trainer uses (``use_fast=False``). ``trust_remote_code`` is always decided, never None, so
     transformers never stops to ask.
     """
-    d = Path(path)
+    d = model_dir(path)
     if not d.exists():
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
     code = tokenizer_code(d)
@@ -52,7 +54,11 @@ def read_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
         if code:
             cls = get_class_from_dynamic_module(code[0], str(d), local_files_only=True)
             return cls.from_pretrained(str(d))
-        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code)
+        # A tokenizer that names its class needs no model config (an InternVL dir's config.json
+        # describes a model transformers has no config class for, and would only warn).
+        named = bool(_json(d / "tokenizer_config.json").get("tokenizer_class"))
+        extra = {"config": PretrainedConfig()} if named else {}
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code, **extra)
     except Exception as err:  # transformers raises many types here; name the directory
         raise ValueError(f"could not load a tokenizer from {path}: {err}") from err
 

@@ -131,6 +131,8 @@ def test_old_readers_tokenize_the_export_as_we_do(
     for fast in ("True", "False"):
         assert found[fast]["ids"] == ours, (fast, found[fast]["class"])
         assert found[fast]["len"] == len(tok)
+    llm_config = json.loads((out / "config.json").read_text())["llm_config"]
+    assert llm_config["bos_token_id"] is not None  # transformers 4.37's generate from embeddings needs it
     if which == "qwen2":  # the LLM's own vocab.json + merges.txt came along, read by the slow class
         assert found["False"]["class"] == "Qwen2Tokenizer"
         assert {"vocab.json", "merges.txt", "added_tokens.json"} <= {p.name for p in out.iterdir()}

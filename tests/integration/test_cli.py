@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +16,8 @@ from internvl_lightning.data.shard import shard_dataset
 from internvl_lightning.model.load import load_pretrained_vlm
 from internvl_lightning.tokenizer import load_tokenizer
 from internvl_lightning.training.checkpoint import load_lightning_checkpoint
-from tests.helpers import REPO
 from tests.helpers.datagen import write_dataset
-
-CONF = REPO / "conf"
+from tests.helpers.recipes import CONF, cpu_recipe
 
 
 @pytest.fixture(scope="module")
@@ -31,28 +28,6 @@ def shards(tiny_components, tmp_path_factory):
     cfg = EncodeConfig(image_size=64, tokens_per_tile=16, max_dynamic_patch=4, max_length=2048)
     shard_dataset(data.meta, tok, root / "shards", cfg, progress=False)
     return root / "shards"
-
-
-def cpu_recipe(name: str, tmp: Path, max_steps: int = 3) -> Path:
-    """The shipped recipe with only the hardware and the run length changed for one CPU."""
-    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-    t = cfg["trainer"]
-    t.update(
-        accelerator="cpu", devices=1, num_nodes=1, precision="32-true", strategy="auto", max_steps=max_steps
-    )
-    t.update(default_root_dir=str(tmp / name), enable_progress_bar=False, gradient_clip_val=1.0)
-    for cb in t["callbacks"]:
-        args = cb.get("init_args", {})
-        if cb["class_path"].endswith("ModelCheckpoint"):
-            args["every_n_train_steps"] = 2
-        if cb["class_path"].endswith("StageOutput"):
-            args["dirpath"] = str(tmp / name / "hf")
-    cfg["model"]["attn_implementation"] = "sdpa"
-    cfg["data"].update(num_workers=0, max_dynamic_patch=4)
-    cfg["data"]["packing"].update(max_packed_tokens=1024, num_images_expected=16)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_stage1_then_stage2_through_the_cli(tiny_components, shards, tmp_path, monkeypatch, recwarn):

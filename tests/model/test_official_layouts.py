@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from internvl_lightning.constants import IMG_CONTEXT_TOKEN
 from internvl_lightning.export import export_hf, export_original
+from internvl_lightning.hub import is_hub_id, model_dir
 from internvl_lightning.model.build import build_model
 from internvl_lightning.model.components import write_components
-from internvl_lightning.model.hub import is_hub_id, model_dir
 from internvl_lightning.model.load import load_vlm, load_vlm_and_tokenizer
 from internvl_lightning.model.options import apply_options
 from internvl_lightning.tokenizer import load_tokenizer

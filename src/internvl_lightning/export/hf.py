@@ -25,6 +25,7 @@ from ..model.load import load_vlm_and_tokenizer
 from ..model.lora import has_adapters, merged_state_dict
 from ..model.record import write_training_record
 from ..tokenizer import TokenizerSource, read_tokenizer
+from .tokenizer import save_tokenizer
 
 
 def chat_template(template: str = "internvl2_5") -> str:
@@ -79,7 +80,7 @@ def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> PreTrained
     The names go into tokenizer_config.json as a dict of `extra_special_tokens` (the file format
     of HF-native InternVL checkpoints); reloading gives a tokenizer with those attributes.
     """
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out, template_file=True)  # with the LLM's own files, as original exports
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
     config["extra_special_tokens"] = {

@@ -23,6 +23,18 @@ from .tokenizer import save_tokenizer
 log = logging.getLogger(__name__)
 
 
+def _fill_token_ids(llm_config: dict, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give ``llm_config`` the BOS / EOS ids it lacks, from the tokenizer. transformers 4.37's
+    ``generate`` from embeddings (what InternVL's ``chat()`` calls) needs a BOS id even for LLMs
+    that never add one; a tokenizer without BOS gives its pad token, as Qwen2.5's configs name
+    ``<|endoftext|>``."""
+    if llm_config.get("bos_token_id") is None:
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+        llm_config["bos_token_id"] = bos
+    if llm_config.get("eos_token_id") is None:
+        llm_config["eos_token_id"] = tokenizer.eos_token_id
+
+
 def export_original(
     model: InternVLForConditionalGeneration,
     out_dir: str | Path,
@@ -56,6 +68,8 @@ def export_original(
         ).clone()
     dtype = next(model.parameters()).dtype
     config = original_config(cfg, family, template=template, max_dynamic_patch=max_dynamic_patch, dtype=dtype)
+    if tokenizer is not None:
+        _fill_token_ids(config["llm_config"], tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(hf_to_original(sd, family, text), str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -70,8 +70,14 @@ def _entry(token: Any) -> dict[str, Any]:
     }
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> list[str]:
-    """Write ``tokenizer`` into ``out_dir`` for old and new readers alike; return the file names."""
+def save_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, template_file: bool = False
+) -> list[str]:
+    """Write ``tokenizer`` into ``out_dir`` for old and new readers alike; return the file names.
+
+    The chat template goes into ``tokenizer_config.json`` (where transformers 4.x reads it);
+    ``template_file`` keeps transformers 5's ``chat_template.jinja`` beside it as well.
+    """
     out = Path(out_dir)
     tokenizer.save_pretrained(out)
     source = Path(str(tokenizer.name_or_path or ""))
@@ -101,6 +107,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> l
             config.pop(key, None)
     if tokenizer.chat_template and "chat_template" not in config:  # transformers 4.x reads it here
         config["chat_template"] = tokenizer.chat_template
+    if not template_file:
+        (out / "chat_template.jinja").unlink(missing_ok=True)
     _write(out / "tokenizer_config.json", config)
     if (out / "tokenizer.json").is_file():
         legacy_merges(out / "tokenizer.json")

@@ -12,9 +12,9 @@ from transformers import InternVLForConditionalGeneration, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from ..constants import IMG_CONTEXT_TOKEN
+from ..hub import model_dir
 from ..tokenizer import add_vlm_tokens, check_chat_tokens, read_tokenizer
 from .config import internvl_config
-from .hub import model_dir
 from .load import (
     PathLike,
     Tensors,

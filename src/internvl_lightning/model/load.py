@@ -22,10 +22,10 @@ from transformers import InternVLForConditionalGeneration, PretrainedConfig, Pre
 from transformers.initialization import no_init_weights
 
 from ..constants import IMG_CONTEXT_TOKEN
+from ..hub import model_dir
 from ..tokenizer import TokenizerSource, load_tokenizer, token_id_in_files
 from .convert import Tensors, projector_to_hf
 from .families import LLMFamily, VisionFamily, llm_family_of, vision_family_of
-from .hub import model_dir
 from .layout import ARCHITECTURE as ORIGINAL_ARCHITECTURE
 from .layout import is_original_config, original_to_hf, read_original_config
 from .options import apply_options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -228,7 +229,13 @@ class InternVLChat(L.LightningModule):
         opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps)
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         if total is None:
-            total = int(self.trainer.estimated_stepping_batches)
+            estimated = self.trainer.estimated_stepping_batches  # inf for a stream of unknown length
+            if not math.isfinite(estimated):
+                raise ValueError(
+                    "the learning-rate schedule needs the run's length: set --trainer.max_steps "
+                    "(one epoch: ceil(samples / samples per step); the inspect command counts the samples)"
+                )
+            total = int(estimated)
         warm = warmup_steps_from(h.warmup, total)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: cosine_with_warmup(step, warm, total, h.min_lr_ratio)

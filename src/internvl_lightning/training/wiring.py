@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..hub import model_dir
 from ..model.config import tokens_per_tile as tile_tokens
 from ..model.config import vision_geometry
-from ..model.hub import model_dir
 from ..model.load import load_vision_config, read_config
 from ..model.presets import get_preset
 
