@@ -22,7 +22,8 @@ from tests.helpers.evalgen import (
 
 
 def test_mmbench_prompt_and_options(tmp_path):
-    samples = load_samples(get_benchmark("mmbench"), write_mmbench(tmp_path / "mmbench_dev_en.tsv"))
+    path = write_mmbench(tmp_path / "mmbench_dev_en.tsv")
+    samples = load_samples(get_benchmark("mmbench"), path, circular=False)
     assert [s.id for s in samples] == ["0", "1", "2", "3"]
     first, second = samples[0], samples[1]
     assert first.request.text == (
@@ -36,7 +37,9 @@ def test_mmbench_prompt_and_options(tmp_path):
     assert first.answer == "A" and second.answer == "B"
     assert first.categories == {"category": "color", "l2-category": "attribute"}
     assert _decode(first.request.images[0]).size == (40, 32)
-    assert load_samples(get_benchmark("mmbench"), tmp_path / "mmbench_dev_en.tsv", limit=2)[-1].id == "1"
+    assert load_samples(get_benchmark("mmbench"), path, circular=False, limit=2)[-1].id == "1"
+    # Circular is the default (as in VLMEvalKit): 2 questions, 4 + 3 rotated copies.
+    assert [s.group for s in load_samples(get_benchmark("mmbench"), path, limit=2)] == ["0"] * 4 + ["1"] * 3
 
 
 def test_rotate():
@@ -68,7 +71,7 @@ def test_mmbench_pre_rotated_file(tmp_path):
     copy = dict(rows[0], index=1_000_000, A="green", B="blue", C="yellow", D="red", answer="D", image="0")
     path = write_tsv(tmp_path / "circ.tsv", rows + [copy])
     bench = get_benchmark("mmbench")
-    assert [s.id for s in load_samples(bench, path)] == ["0", "1"]  # vanilla: originals only
+    assert [s.id for s in load_samples(bench, path, circular=False)] == ["0", "1"]  # vanilla: originals only
     circ = load_samples(bench, path, circular=True)
     assert [(s.id, s.group) for s in circ] == [("0", "0"), ("1", "1"), ("1000000", "0")]
     assert circ[2].request.images[0][0] == circ[0].request.images[0][0]
@@ -124,9 +127,18 @@ def test_vqa_loader(tmp_path):
     )
     assert samples[1].answer == "two"
     score, all_metrics = bench.judge(samples[0], "Two")
-    assert score == 1.0 and set(all_metrics) == {"vqa", "exact", "anls", "relaxed"}
+    # Official leave-one-out mean over ["2", "two", "2 dogs", "2", "3"] (the old scorer said 1.0).
+    assert score == pytest.approx(0.8) and set(all_metrics) == {"vqa", "exact", "anls", "relaxed"}
     summary = bench.summarize(samples, [bench.judge(s, "2") for s in samples], circular=False)
-    assert summary.score == 100.0 and set(summary.metrics) == {"vqa", "exact", "anls", "relaxed"}
+    assert summary.score == pytest.approx((0.8 + 1 + 0.8) / 3 * 100)
+    assert set(summary.metrics) == {"vqa", "exact", "anls", "relaxed"}
+    assert set(bench.protocol("textvqa_val.jsonl", False, samples)) == {
+        "score",
+        "vqa",
+        "exact",
+        "anls",
+        "relaxed",
+    }
 
 
 def test_summary_per_category():
@@ -142,8 +154,8 @@ def test_summary_per_category():
 
 
 def test_missing_column_names_file_and_column(tmp_path):
-    path = write_mmbench(tmp_path / "broken.tsv", drop="answer")
-    with pytest.raises(ValueError, match=r"broken\.tsv.*missing column.*'answer'"):
+    path = write_mmbench(tmp_path / "broken.tsv", drop="question")
+    with pytest.raises(ValueError, match=r"broken\.tsv.*missing column.*'question'"):
         load_samples(get_benchmark("mmbench"), path)
     mv = tmp_path / "mv.json"
     mv.write_text(json.dumps([{"pid": "1", "question": "q", "answer": "1", "answer_type": "integer"}]))
@@ -153,7 +165,7 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 def test_undecodable_image_names_file_and_row(tmp_path):
     path = write_mmbench(tmp_path / "bad_img.tsv", bad_image_row=2)
-    samples = load_samples(get_benchmark("mmbench"), path)
+    samples = load_samples(get_benchmark("mmbench"), path, circular=False)
     with pytest.raises(ValueError, match=r"bad_img\.tsv row 3 \(index 2\).*cannot decode image"):
         _decode(samples[2].request.images[0])
 
@@ -175,3 +187,72 @@ def test_mmmu_missing_image_for_tag(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="no benchmark file"):
         load_samples(get_benchmark("vqa"), "/nonexistent/dir/*.jsonl")
+
+
+# --- official-protocol details of the loaders -----------------------------------------------
+
+
+def test_mmbench_options_pandas_reads_as_missing(tmp_path):
+    """VLMEvalKit and InternVL read the TSV with pandas: "None", "N/A", "NA", "nan", "" are no options."""
+    rows = mmbench_rows(1)
+    rows[0].update(A="None", B="Yes", C="N/A", D=" None", answer="B")
+    samples = load_samples(get_benchmark("mmbench"), write_tsv(tmp_path / "na.tsv", rows), circular=False)
+    assert samples[0].meta["options"] == {"B": "Yes", "D": " None"}  # with a space, pandas keeps it
+    assert "A. None" not in samples[0].request.text and "D.  None" in samples[0].request.text
+    assert get_benchmark("mmbench").judge(samples[0], "A")[1] is None  # no option A (the old scorer read A)
+
+
+def test_mmbench_test_split_without_answers_gives_a_submission(tmp_path):
+    from internvl_lightning.evaluation.submission import read_xlsx
+
+    path = write_mmbench(tmp_path / "MMBench_TEST_EN_V11.tsv", drop="answer")
+    bench = get_benchmark("mmbench")
+    samples = load_samples(bench, path)  # circular: every rotation is asked
+    assert len(samples) == 14 and all(s.answer is None for s in samples)
+    judged = [bench.judge(s, "A") for s in samples]
+    summary = bench.summarize(samples, judged, circular=True)
+    assert summary.num_scored == 0 and summary.score == 0.0
+    assert "MMBench-test-en v1.1: no answers" in bench.protocol(path, True, samples)["score"]
+    out = bench.write_submission(tmp_path / "out", "mmbench_test", samples, ["A"] * len(samples))
+    table = read_xlsx(out)
+    assert table[0] == ["index", "question", "A", "B", "C", "D", "prediction", "category", "l2-category"]
+    assert len(table) == 15 and table[1][:2] == ["0", "What colour is the image?"]
+    assert {row[0] for row in table[1:]} >= {"0", "1000000", "2000000", "3000000"}
+    assert all(row[6] == "A" for row in table[1:])
+
+
+def test_mmbench_protocol_names_split_and_rules(tmp_path):
+    bench = get_benchmark("mmbench")
+    samples = load_samples(bench, write_mmbench(tmp_path / "MMBench_DEV_EN_V11.tsv"))
+    text = bench.protocol(tmp_path / "MMBench_DEV_EN_V11.tsv", True, samples)
+    assert text["score"].startswith("MMBench-dev-en v1.1, circular, VLMEvalKit rules")
+    assert "per_copy_accuracy" in text
+
+
+def test_mmmu_no_decision_is_counted(tmp_path):
+    bench = get_benchmark("mmmu")
+    mc, two, open_q = load_samples(bench, write_mmmu_json(tmp_path / "m"))
+    assert mc.meta["options"] == {"A": "red", "B": "green", "C": "blue", "D": "yellow"}
+    assert two.meta["options"] == {"A": "<image 1>", "B": "<image 2>"}  # as written, for the parser
+    judged = [bench.judge(mc, "hmm"), bench.judge(two, "(B)"), bench.judge(open_q, "3")]
+    assert judged[0] == (0.0, None)  # the official parser would guess a random letter here
+    summary = bench.summarize([mc, two, open_q], judged, circular=False)
+    assert summary.counts == {"no_decision": 1} and summary.score == pytest.approx(200 / 3)
+    assert "no decision" in bench.protocol("x", False, [mc])["score"]
+
+
+def test_mathvista_query_is_built_as_the_official_one(tmp_path):
+    path = write_mathvista(tmp_path / "mv")
+    records = json.loads(path.read_text())
+    for record in records.values():
+        del record["query"]
+    records["3"]["unit"] = "cm"
+    path.write_text(json.dumps(records))
+    samples = load_samples(get_benchmark("mathvista"), path)
+    assert samples[0].request.text.startswith(
+        "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, "
+        "at the end.\nQuestion: question 1?\nChoices:\n(A) red\n(B) green\n(C) blue"
+    )
+    assert "requiring a floating-point number with one decimal place" in samples[2].request.text
+    assert "Question: question 3? (Unit: cm)" in samples[2].request.text
+    assert "requiring a Python list" in samples[3].request.text

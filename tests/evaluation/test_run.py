@@ -40,8 +40,12 @@ def test_evaluate_end_to_end(tiny_vlm_dir, bench_files, tmp_path, benchmark):
     assert "| benchmark | samples | scored | score | InternVL2.5-8B" in text
     published = {"mmbench": "n/a", "mmmu": "56.0", "mathvista": "64.4", "vqa": "79.1"}[benchmark]
     assert f"| {published} |" in text and "arXiv:2412.05271" in text
+    assert (
+        result.protocol["score"] and f"| {result.protocol['score']} |" in text
+    )  # the rules behind the number
     if benchmark == "vqa":
         assert set(result.metrics) == {"vqa", "exact", "anls", "relaxed"}
+        assert result.protocol["anls"].endswith("ANLS (DocVQA evaluation script, threshold 0.5)")
 
 
 def test_batched_equals_one_by_one(tiny_vlm_dir, bench_files):
@@ -97,7 +101,9 @@ def test_cli(tiny_vlm_dir, bench_files, tmp_path, capsys):
     assert main(argv) == 0
     assert "InternVL2.5-2B (MMBench-EN)" in capsys.readouterr().out
     saved = json.loads((tmp_path / "mmbench_mmbench_dev_en.json").read_text())
-    assert saved["num_samples"] == 2 and saved["settings"]["model"] == str(tiny_vlm_dir)
+    # Circular by default: 2 questions asked as 4 + 3 rotated copies, scored as 2.
+    assert saved["num_samples"] == 7 and saved["num_scored"] == 2
+    assert saved["settings"]["model"] == str(tiny_vlm_dir) and saved["settings"]["circular"] is True
 
 
 def test_baselines():
@@ -149,3 +155,23 @@ def test_a_new_benchmark_is_one_registry_entry(tiny_vlm_dir, tmp_path, monkeypat
         "none",
     ]
     assert main(argv) == 0 and "echo" in capsys.readouterr().out
+
+
+def test_reports_name_the_protocol_and_write_the_submission(tiny_vlm_dir, tmp_path):
+    """Every number carries its protocol; an MMBench test file (no answers) yields the upload .xlsx."""
+    from internvl_lightning.evaluation.submission import read_xlsx
+    from tests.helpers.evalgen import write_mmbench
+
+    data = write_mmbench(tmp_path / "MMBench_TEST_EN_V11.tsv", n=2, drop="answer")
+    result = evaluate(
+        tiny_vlm_dir, "mmbench", data, max_new_tokens=2, out_dir=tmp_path / "out", baseline="none"
+    )
+    assert result.num_samples == 7 and result.num_scored == 0
+    assert result.protocol["score"].startswith("MMBench-test-en v1.1: no answers")
+    table = read_xlsx(result.submission)
+    assert table[0][:2] == ["index", "question"] and len(table) == 8
+    assert [row[table[0].index("prediction")] for row in table[1:]] == [
+        p["prediction"] for p in result.predictions
+    ]
+    md = (tmp_path / "out" / "mmbench_MMBench_TEST_EN_V11.md").read_text()
+    assert "| protocol |" in md and "MMBench_TEST_EN_V11_submission.xlsx" in md

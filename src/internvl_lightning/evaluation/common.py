@@ -41,6 +41,7 @@ class Summary:
     per_category: dict[str, float] = field(default_factory=dict)
     category_counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. questions given no decision
 
 
 def blank(value: Any) -> bool:
@@ -180,7 +181,7 @@ class Benchmark:
     def __init__(self, image_root: str | Path | None = None) -> None:
         self.image_root = image_root  # where relative image paths live, when not beside the file
 
-    def load(self, path: Path, circular: bool = False) -> list[Sample]:
+    def load(self, path: Path, circular: bool = True) -> list[Sample]:
         raise NotImplementedError
 
     def judge(self, sample: Sample, prediction: str) -> tuple[float, Any]:
@@ -189,3 +190,13 @@ class Benchmark:
 
     def summarize(self, samples: list[Sample], judged: list[tuple[float, Any]], circular: bool) -> Summary:
         return mean_summary(samples, [sc for sc, _ in judged])
+
+    def protocol(self, data: str | Path, circular: bool, samples: list[Sample]) -> dict[str, str]:
+        """The protocol of each number: ``{"score": ..., <metric>: ...}`` (see ``protocols.py``)."""
+        return {"score": f"{self.name}: the benchmark's own judge"}
+
+    def write_submission(
+        self, out_dir: Path, stem: str, samples: list[Sample], predictions: list[str]
+    ) -> Path | None:
+        """Write a leaderboard upload file where the benchmark has one; returns its path."""
+        return None

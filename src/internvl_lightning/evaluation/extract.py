@@ -1,8 +1,8 @@
-"""Rule-based answer extraction from free-form model output (no judge model).
+"""Our own rule-based answer extraction from free-form output, where an official pipeline would
+ask a judge model (MathVista's GPT extraction step; see ``mathvista_rules.rule_extract``).
 
-The rules follow the public evaluators in spirit (MMBench's post-processing, MMMU's response
-parsing, MathVista's quick extraction) but are deterministic: where those fall back to a random
-option, we return None and the answer counts as wrong.
+These rules are not any benchmark's official ones (those live in ``mmbench_rules.py``,
+``mmmu_rules.py``, ``mathvista_rules.py`` and ``metrics.py``); they are deterministic.
 """
 
 from __future__ import annotations
@@ -13,11 +13,6 @@ from collections.abc import Mapping, Sequence
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-# Phrases after which the final answer usually follows ("... so the answer is 12").
-_LEAD_IN = re.compile(
-    r"(?:\b(?:final answer|the answer|answer|result|therefore|thus|hence|so|is|are)\b|=|:|：)\s*",
-    re.IGNORECASE,
-)
 _NUMBER_FULL = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 
 
@@ -145,25 +140,3 @@ def literal_list(value: object) -> list | None:
             return None
         return list(parsed) if isinstance(parsed, list | tuple) else None
     return None
-
-
-def open_candidates(response: str) -> list[str | float]:
-    """Candidate answers in an open-ended response (MMMU style): the answer parts of its
-    sentences, plus every number in them. Strings lowercased, numbers as floats."""
-    text = response.strip().rstrip(".").strip()
-    if not text:
-        return []
-    sentences = [s for s in re.split(r"(?<=[.!?。])\s+|\n+", text) if s.strip()]
-    parts: list[str] = []
-    for k, sentence in enumerate(sentences):
-        pieces = _LEAD_IN.split(sentence)
-        tail = pieces[-1].strip(" .,:;")
-        # In the last sentence an equation's right-hand side is the answer; earlier ones only count with a lead-in.
-        if tail and (len(pieces) > 1 or k == len(sentences) - 1):
-            parts.append(tail)
-    if not parts:
-        parts = [text]
-    out: list[str | float] = [p.lower() for p in parts]
-    for part in parts:
-        out.extend(numbers_in(part))
-    return out

@@ -1,11 +1,11 @@
-"""MathVista (testmini): JSON ``{pid: record}`` (or a list / parquet) with rule-based extraction.
+"""MathVista (testmini): JSON ``{pid: record}`` (or a list / parquet), scored by the official rules.
 
 Records: ``pid``, ``question``, ``image`` (path relative to the file) or ``decoded_image``
-(parquet bytes), ``choices`` (list or null), ``answer``, ``answer_type`` ("integer", "float",
-"text", "list"), ``precision``, ``question_type`` ("multi_choice", "free_form"), ``query`` (the
-prompt with its hint; used as is when present). No judge model: multiple choice maps a letter or
-an option text (else the closest option by edit distance, as MathVista's normaliser does) to the
-option; integers must be whole; floats are rounded to ``precision``; lists compare item by item.
+(parquet bytes), ``choices`` (list or null), ``unit``, ``answer``, ``answer_type`` ("integer",
+"float", "text", "list"), ``precision``, ``question_type`` ("multi_choice", "free_form"),
+``query`` (the official prompt with its hint; used as is, else built the same way). Extraction is
+rule-based (the official rules, then ours where the official pipeline asks a GPT judge);
+normalisation and equality are the official ones (``mathvista_rules.py``).
 """
 
 from __future__ import annotations
@@ -13,68 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torchmetrics.functional.text import edit_distance
-
-from .common import Benchmark, Sample, blank, check_columns, image_ref, read_records
-from .extract import LETTERS, extract_choice, extract_number, literal_list, parse_list, parse_number
+from . import protocols
+from .common import Benchmark, Sample, Summary, blank, check_columns, image_ref, mean_summary, read_records
+from .extract import literal_list
 from .generate import Request
-from .metrics import exact_match
+from .mathvista_rules import build_query, correct, extract, normalize
 
 
-def closest_choice(response: str, choices: list[str]) -> str:
-    """The option with the smallest character edit distance to the response."""
-    r = response.strip().lower()
-    dists = edit_distance([r] * len(choices), [c.lower() for c in choices], reduction="none")
-    return choices[int(dists.argmin())]
-
-
-def _precision(value: Any) -> int:
-    return 1 if blank(value) else int(float(value))
-
-
-def normalize_prediction(response: str, sample: Sample) -> Any:
-    """The response as a comparable answer of the sample's type (None when there is none)."""
-    m = sample.meta
-    if m["choices"]:
-        letter = extract_choice(response, m["choices"])
-        if letter is not None:
-            return m["choices"][LETTERS.index(letter)]
-        return closest_choice(response, m["choices"]) if response.strip() else None
-    kind = m["answer_type"]
-    if kind == "integer":
-        value = extract_number(response)
-        return int(value) if value is not None and value == int(value) else None
-    if kind == "float":
-        value = extract_number(response)
-        return None if value is None else round(value, _precision(m["precision"]))
-    if kind == "list":
-        return parse_list(response)
-    return response.strip()
-
-
-def gold_answer(sample: Sample) -> Any:
-    """The sample's answer in the same form as :func:`normalize_prediction` gives."""
-    m, answer = sample.meta, sample.answer
-    if m["choices"]:
-        return str(answer)
-    kind = m["answer_type"]
-    if kind == "integer":
-        value = parse_number(str(answer))
-        return None if value is None else int(value)
-    if kind == "float":
-        value = parse_number(str(answer))
-        return None if value is None else round(value, _precision(m["precision"]))
-    if kind == "list":
-        items = literal_list(answer)
-        return parse_list(str(answer)) if items is None else parse_list(str(list(items)))
-    return str(answer)
+def problem_of(sample: Sample) -> dict[str, Any]:
+    """The fields the official scorer reads, from a sample."""
+    return dict(sample.meta, answer=sample.answer)
 
 
 class MathVista(Benchmark):
     name = "mathvista"
     default_max_new_tokens = 128
 
-    def load(self, path: Path, circular: bool = False) -> list[Sample]:
+    def load(self, path: Path, circular: bool = True) -> list[Sample]:
         rows = read_records(path)
         required = ("pid", "question", "answer", "answer_type", "question_type")
         check_columns(rows, required, path, any_of=("image", "decoded_image"))
@@ -93,7 +48,7 @@ class MathVista(Benchmark):
         ref = image_ref(cell, path.parent, where, self.image_root)
         query = row.get("query")
         if blank(query):
-            query = _prompt(str(row["question"]), [str(c) for c in choices])
+            query = build_query(dict(row, choices=[str(c) for c in choices]))
         cats = {k: str(row[k]) for k in ("question_type", "answer_type") if not blank(row[k])}
         meta_info = row.get("metadata") or {}
         if isinstance(meta_info, dict) and not blank(meta_info.get("task")):
@@ -105,24 +60,23 @@ class MathVista(Benchmark):
             categories=cats,
             meta={
                 "choices": [str(c) for c in choices],
+                "question_type": str(row["question_type"]),
                 "answer_type": str(row["answer_type"]),
-                "precision": row.get("precision"),
+                "precision": None if blank(row.get("precision")) else row["precision"],
             },
         )
 
     def judge(self, sample: Sample, prediction: str) -> tuple[float, Any]:
-        extracted = normalize_prediction(prediction, sample)
-        gold = gold_answer(sample)
-        if extracted is None or gold is None:
-            return 0.0, extracted
-        if sample.meta["answer_type"] == "text" and not sample.meta["choices"]:
-            return exact_match(str(extracted), str(gold)), extracted
-        return float(extracted == gold), extracted
+        problem = problem_of(sample)
+        extraction, by_rule = extract(prediction, problem)
+        normalized = normalize(extraction, problem)
+        info = {"extraction": extraction, "official_rule": by_rule, "prediction": normalized}
+        return float(correct(normalized, problem)), info
 
+    def summarize(self, samples: list[Sample], judged: list[tuple[float, Any]], circular: bool) -> Summary:
+        summary = mean_summary(samples, [sc for sc, _ in judged])
+        summary.counts["extracted_by_our_rules"] = sum(not info["official_rule"] for _, info in judged)
+        return summary
 
-def _prompt(question: str, choices: list[str]) -> str:
-    """A prompt for records without ``query``: the question, then lettered options if any."""
-    if not choices:
-        return question
-    lines = [question, "Choices:"] + [f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)]
-    return "\n".join(lines) + "\nAnswer with the option's letter from the given choices directly."
+    def protocol(self, data: str | Path, circular: bool, samples: list[Sample]) -> dict[str, str]:
+        return {"score": f"MathVista ({Path(str(data)).name}), {protocols.MATHVISTA}"}

@@ -1,9 +1,10 @@
-"""MMBench (and CCBench): TSV with base64 images, options A..E, accuracy, circular evaluation.
+"""MMBench (and CCBench): TSV with base64 images, options A..E, scored as VLMEvalKit does.
 
-Circular evaluation asks every question once per rotation of its options (n options -> n
-copies, the copy k at index ``index + k * 1_000_000`` as in the official files) and counts it
-correct only if every copy is. Official circular dev files already contain the copies (index
->= 1e6); they are used as they are and grouped by ``index % 1_000_000``.
+Circular evaluation (the default, as in VLMEvalKit) counts a question right only if every
+rotated copy of it is. Official files already hold the copies (index ``i + k * 1_000_000``), used
+as they are and grouped by ``index % 1_000_000``; for a file without copies we make them (the
+copy k with the options shifted by k). Answer matching: ``mmbench_rules.py``. A test file (no
+``answer`` column) is not scored; ``write_submission`` writes the upload file for it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import IMAGE_PLACEHOLDER
-from .common import Benchmark, Sample, Summary, blank, check_columns, mean_summary, read_records
-from .extract import extract_choice
+from . import protocols
+from .common import Benchmark, Sample, Summary, check_columns, mean_summary, read_records
 from .generate import Request
+from .mmbench_rules import match_option, missing
+from .submission import write_xlsx
 
 OPTION_LETTERS = "ABCDE"  # MMBench files have at most five option columns
 COPY_OFFSET = 1_000_000
@@ -58,13 +61,13 @@ class MMBench(Benchmark):
     name = "mmbench"
     default_max_new_tokens = 16
 
-    def load(self, path: Path, circular: bool = False) -> list[Sample]:
+    def load(self, path: Path, circular: bool = True) -> list[Sample]:
         rows = read_records(path)
-        check_columns(rows, ("index", "question", "image", "answer"), path)
+        check_columns(rows, ("index", "question", "image"), path)  # a test file has no answer
         # Some option columns (E) are absent from a file altogether; those that exist may be blank.
         images: dict[str, str] = {}
         for row in rows:
-            if not blank(row["image"]) and len(row["image"]) > 64:
+            if not missing(row["image"]) and len(row["image"]) > 64:
                 images[str(row["index"])] = row["image"]
         indices = [_index(row, n, path) for n, row in enumerate(rows)]
         pre_rotated = any(i >= COPY_OFFSET for i in indices)
@@ -79,14 +82,14 @@ class MMBench(Benchmark):
         self, row: dict, n: int, index: int, path: Path, images: dict[str, str], rotate_here: bool
     ) -> list[Sample]:
         where = f"{path} row {n + 1} (index {index})"
-        options = {k: str(row[k]).strip() for k in OPTION_LETTERS if k in row and not blank(row[k])}
+        options = option_cells(row)
         if len(options) < 2:
             raise ValueError(f"{where}: fewer than two options")
-        answer = str(row["answer"]).strip()
+        answer = None if missing(row.get("answer")) else str(row["answer"]).strip()
         # Official files store the image once; copies and repeats point at it by index (a short cell).
         cell = row["image"]
-        if blank(cell) or len(cell) <= 64:
-            cell = images.get(str(cell).strip() if not blank(cell) else "", "") or images.get(
+        if missing(cell) or len(cell) <= 64:
+            cell = images.get(str(cell).strip() if not missing(cell) else "", "") or images.get(
                 str(index % COPY_OFFSET), ""
             )
         try:
@@ -95,10 +98,11 @@ class MMBench(Benchmark):
             raise ValueError(f"{where}: image is not valid base64: {e}") from e
         if not raw:
             raise ValueError(f"{where}: empty image")
-        hint = None if blank(row.get("hint")) else str(row["hint"]).strip()
+        hint = None if missing(row.get("hint")) else str(row["hint"]).strip()
         question = str(row["question"]).strip()
         instruction = PROMPT_CN if _is_chinese(question) else PROMPT_EN
-        cats = {k: str(row[k]) for k in ("category", "l2-category") if k in row and not blank(row[k])}
+        cats = {k: str(row[k]) for k in ("category", "l2-category") if k in row and not missing(row[k])}
+        cells = {k: row[k] for k in SUBMISSION_EXTRA if k in row and not missing(row[k])}
         out = []
         for k in range(len(options) if rotate_here else 1):
             opts, ans = rotate(options, answer, k)
@@ -110,17 +114,54 @@ class MMBench(Benchmark):
                     answer=ans,
                     group=str(index % COPY_OFFSET),
                     categories=cats,
-                    meta={"options": opts},
+                    meta={"options": opts, "question": str(row["question"]), "cells": cells},
                 )
             )
         return out
 
     def judge(self, sample: Sample, prediction: str) -> tuple[float, Any]:
-        letter = extract_choice(prediction, sample.meta["options"])
-        return float(letter == sample.answer), letter
+        letter = match_option(prediction, sample.meta["options"])
+        return float(sample.answer is not None and letter == sample.answer), letter
 
     def summarize(self, samples: list[Sample], judged: list[tuple[float, Any]], circular: bool) -> Summary:
-        summary = mean_summary(samples, [sc for sc, _ in judged], by_group=circular)
-        if circular:  # also report the plain per-copy accuracy
-            summary.metrics["per_copy_accuracy"] = mean_summary(samples, [sc for sc, _ in judged]).score
+        if not any(s.answer is not None for s in samples):  # a test split: nothing to score
+            return Summary(score=0.0, num_scored=0)
+        scores = [sc for sc, _ in judged]
+        summary = mean_summary(samples, scores, by_group=circular)
+        if circular:  # the plain accuracy over every row (copies included) beside it
+            summary.metrics["per_copy_accuracy"] = mean_summary(samples, scores).score
+        summary.counts["unmatched"] = sum(letter is None for _, letter in judged)
         return summary
+
+    def protocol(self, data: str | Path, circular: bool, samples: list[Sample]) -> dict[str, str]:
+        split = protocols.mmbench_split(Path(str(data)).name)
+        if not any(s.answer is not None for s in samples):
+            return {"score": f"{split}: no answers in the file, not scored (see the submission file)"}
+        mode = "circular" if circular else "vanilla (original rows)"
+        text = {"score": f"{split}, {mode}, {protocols.VLMEVALKIT}"}
+        if circular:
+            text["per_copy_accuracy"] = f"{split}, every row, {protocols.VLMEVALKIT}"
+        return text
+
+    def write_submission(
+        self, out_dir: Path, stem: str, samples: list[Sample], predictions: list[str]
+    ) -> Path:
+        """The MMBench upload file: an .xlsx with index, question, the options, prediction,
+        category and l2-category, one row per question asked (circular copies included)."""
+        letters = [k for k in OPTION_LETTERS if any(k in s.meta["options"] for s in samples)]
+        extra = [k for k in SUBMISSION_EXTRA if any(k in s.meta["cells"] for s in samples)]
+        header = ["index", "question", *letters, "prediction", *extra]
+        rows = [
+            [int(s.id), s.meta["question"], *(s.meta["options"].get(k) for k in letters), p]
+            + [s.meta["cells"].get(k) for k in extra]
+            for s, p in zip(samples, predictions, strict=True)
+        ]
+        return write_xlsx(Path(out_dir) / f"{stem}_submission.xlsx", header, rows)
+
+
+SUBMISSION_EXTRA = ("category", "l2-category", "answer")
+
+
+def option_cells(row: dict) -> dict[str, str]:
+    """The options of a row as VLMEvalKit reads them: A..E, skipping cells pandas reads as missing."""
+    return {k: str(row[k]) for k in OPTION_LETTERS if k in row and not missing(row[k])}

@@ -4,7 +4,9 @@ Columns: ``id`` ("validation_Art_1"), ``question`` with ``<image k>`` tags, ``op
 list written as a string), ``answer``, ``question_type`` ("multiple-choice" / "open"),
 ``image_1`` .. ``image_7`` (parquet: ``{"bytes": ..., "path": ...}``; JSON: a path relative to the
 file). Each tag becomes an ``<image>`` placeholder where it first appears (question, then options);
-images no tag mentions go before the question. Scores per subject and per discipline.
+images no tag mentions go before the question. Scores per subject and per discipline, with the
+official parsing and matching (``mmmu_rules.py``). A gold answer written as a list literal
+("['24/7', '3.429']") is the list of accepted answers, as in MMMU's ``answer_dict_val.json``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import IMAGE_PLACEHOLDER
-from .common import Benchmark, Sample, blank, check_columns, image_ref, read_records
-from .extract import LETTERS, extract_choice, literal_list
+from . import protocols
+from .common import Benchmark, Sample, Summary, blank, check_columns, image_ref, mean_summary, read_records
+from .extract import LETTERS, literal_list
 from .generate import Request
-from .metrics import open_match
 from .mmbench import PROMPT_EN, mc_prompt
+from .mmmu_rules import choice_correct, open_candidates, open_correct, parse_choice
 
 OPEN_PROMPT = "Answer the question using a single word or phrase."
 MAX_IMAGES = 7
@@ -48,7 +51,7 @@ class MMMU(Benchmark):
     name = "mmmu"
     default_max_new_tokens = 64
 
-    def load(self, path: Path, circular: bool = False) -> list[Sample]:
+    def load(self, path: Path, circular: bool = True) -> list[Sample]:
         rows = read_records(path)
         check_columns(rows, ("id", "question", "options", "answer", "question_type", "image_1"), path)
         return [self._sample(row, path) for row in rows]
@@ -75,10 +78,8 @@ class MMMU(Benchmark):
         question = _TAG.sub(swap, str(row["question"]).strip())
         texts = [_TAG.sub(swap, str(o).strip()) for o in options]
         if mc:
-            letters = {LETTERS[i]: t for i, t in enumerate(texts)}
-            text = mc_prompt(question, letters, instruction=PROMPT_EN)
+            text = mc_prompt(question, dict(zip(LETTERS, texts)), instruction=PROMPT_EN)
         else:
-            letters = {}
             text = question + "\n" + OPEN_PROMPT
         unmentioned = [
             k for k in range(1, MAX_IMAGES + 1) if k not in used and not blank(row.get(f"image_{k}"))
@@ -97,12 +98,38 @@ class MMMU(Benchmark):
             request=Request(text, refs),
             answer=row["answer"],
             categories=cats,
-            meta={"options": letters, "question_type": "multiple-choice" if mc else "open"},
+            # The official parser matches the options as written (tags included), not as prompted.
+            meta={
+                "options": {LETTERS[i]: str(o) for i, o in enumerate(options)} if mc else {},
+                "question_type": "multiple-choice" if mc else "open",
+            },
         )
 
     def judge(self, sample: Sample, prediction: str) -> tuple[float, Any]:
+        gold = gold_answers(sample.answer)
         if sample.meta["question_type"] == "multiple-choice":
-            letter = extract_choice(prediction, sample.meta["options"])
-            gold = literal_list(sample.answer) or [sample.answer]
-            return float(letter is not None and letter in [str(g).strip() for g in gold]), letter
-        return open_match(prediction, sample.answer), prediction.strip()
+            letter = parse_choice(prediction, sample.meta["options"])  # None: no decision
+            return float(choice_correct(letter, gold)), letter
+        candidates = open_candidates(prediction)
+        return float(open_correct(candidates, gold)), candidates
+
+    def summarize(self, samples: list[Sample], judged: list[tuple[float, Any]], circular: bool) -> Summary:
+        summary = mean_summary(samples, [sc for sc, _ in judged])
+        summary.counts["no_decision"] = sum(
+            s.meta["question_type"] == "multiple-choice" and letter is None
+            for s, (_, letter) in zip(samples, judged, strict=True)
+        )
+        return summary
+
+    def protocol(self, data: str | Path, circular: bool, samples: list[Sample]) -> dict[str, str]:
+        splits = sorted({s.id.split("_")[0] for s in samples})
+        return {
+            "score": f"MMMU {'/'.join(splits)}, {protocols.MMMU}; a multiple-choice response it "
+            "cannot parse is no decision (the official draws a random letter) and counts wrong"
+        }
+
+
+def gold_answers(answer: Any) -> str | list[str]:
+    """The gold answer, or the list of accepted ones when it is a list (or a list literal)."""
+    items = literal_list(answer)
+    return [str(a) for a in items] if items is not None else str(answer)

@@ -24,6 +24,9 @@ class EvalResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, str] = field(default_factory=dict)  # "score" and each metric: which rules
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. no_decision, unmatched
+    submission: str | None = None  # a leaderboard upload file written beside the reports
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,13 +47,20 @@ class EvalResult:
             "",
             f"Data: `{Path(self.data).name}`; model: `{self.settings.get('model', '?')}`",
             "",
-            f"| benchmark | samples | scored | score | {ref} |",
-            "|---|---:|---:|---:|---:|",
+            f"| benchmark | samples | scored | score | {ref} | protocol |",
+            "|---|---:|---:|---:|---:|---|",
             f"| {self.benchmark} | {self.num_samples} | {self.num_scored} | {self.score:.2f} | "
-            f"{_fmt(published)} |",
+            f"{_fmt(published)} | {self.protocol.get('score', '')} |",
         ]
         for name, value in self.metrics.items():
-            lines.append(f"| {self.benchmark} ({name}) | {self.num_samples} | | {value:.2f} | |")
+            lines.append(
+                f"| {self.benchmark} ({name}) | {self.num_samples} | | {value:.2f} | | "
+                f"{self.protocol.get(name, '')} |"
+            )
+        if self.counts:
+            lines += ["", "Counts: " + ", ".join(f"{k} {v}" for k, v in self.counts.items())]
+        if self.submission:
+            lines += ["", f"Submission file: `{Path(self.submission).name}`"]
         if self.per_category:
             lines += ["", "| category | n | score |", "|---|---:|---:|"]
             for key, value in self.per_category.items():

@@ -40,7 +40,7 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
 
 
 def load_samples(
-    bench: Benchmark, data: str | Path, circular: bool = False, limit: int | None = None
+    bench: Benchmark, data: str | Path, circular: bool = True, limit: int | None = None
 ) -> list[Sample]:
     """Every sample of ``data`` (a file, a directory or a glob); ``limit`` counts questions."""
     samples: list[Sample] = []
@@ -111,7 +111,7 @@ def evaluate(
     *,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
-    circular: bool = False,
+    circular: bool = True,
     out_dir: str | Path | None = None,
     baseline: str | None = "auto",
     dataset: str | None = None,
@@ -125,7 +125,7 @@ def evaluate(
     settings_source: Any = None,
     image_root: str | Path | None = None,
 ) -> EvalResult:
-    """Score a model on a benchmark file, beside the published InternVL2.5 numbers.
+    """Score a model on a benchmark file with its official rules, beside the published InternVL2.5 numbers.
 
     Ranks come from the process group (each answers every world-size-th sample; every rank then
     scores the full set); an explicit ``rank``/``world_size`` without one evaluates and scores
@@ -140,8 +140,9 @@ def evaluate(
         limit: evaluate only the first N questions (all circular copies of each are kept).
         batch_size: prompts generated together.
         max_new_tokens: answer length limit (default: per benchmark).
-        circular: MMBench circular evaluation.
-        out_dir: directory for the JSON and Markdown reports.
+        circular: MMBench circular evaluation (VLMEvalKit's, the default); False scores the
+            original rows only.
+        out_dir: directory for the JSON and Markdown reports (and MMBench's upload .xlsx).
         baseline: published size to compare with (1b, 2b, 8b, ...), auto (guessed from the
             parameter count) or none.
         dataset: VQA dataset name for its baseline (textvqa, docvqa, chartqa, ai2d; default:
@@ -200,6 +201,8 @@ def evaluate(
         per_category=summary.per_category,
         category_counts=summary.category_counts,
         metrics=summary.metrics,
+        protocol=bench.protocol(data, circular, [s for s, _ in done]),
+        counts=summary.counts,
         predictions=predictions,
         baseline=baselines.lookup(size, baselines.baseline_key(benchmark, data, dataset)),
         settings=dict(
@@ -214,5 +217,8 @@ def evaluate(
         ),
     )
     if out_dir is not None and _ranks(rank, world_size)[0] == 0:
-        result.save(out_dir)
+        stem = f"{benchmark}_{Path(str(data)).stem}"
+        path = bench.write_submission(Path(out_dir), stem, [s for s, _ in done], [a for _, a in done])
+        result.submission = None if path is None else str(path)
+        result.save(out_dir, stem)
     return result

@@ -1,9 +1,9 @@
 """Generic VQA JSONL (InternVL's ``eval/vqa`` files): one ``{"question_id", "image", "question",
 "answer" | "answers": [...]}`` per line, the image path relative to the file.
 
-Every metric is computed per sample (VQA score, exact match, ANLS, relaxed accuracy); the
-headline score is the one chosen with ``metric`` (VQAv2/TextVQA: vqa, DocVQA/InfoVQA: anls,
-ChartQA: relaxed, GQA/AI2D/OCRVQA: exact).
+Every metric is computed per sample, each as its official evaluator does (``metrics.py``: VQA
+accuracy, exact match, ANLS, relaxed accuracy); the headline score is the one chosen with
+``metric`` (VQAv2/TextVQA: vqa, DocVQA/InfoVQA: anls, ChartQA: relaxed, GQA/AI2D/OCRVQA: exact).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import IMAGE_PLACEHOLDER
+from . import protocols
 from .common import Benchmark, Sample, Summary, blank, check_columns, image_ref, mean_summary, read_records
 from .generate import Request
 from .metrics import VQA_METRICS
@@ -36,7 +37,7 @@ class VQA(Benchmark):
         self.metric = metric
         self.prompt = prompt
 
-    def load(self, path: Path, circular: bool = False) -> list[Sample]:
+    def load(self, path: Path, circular: bool = True) -> list[Sample]:
         rows = read_records(path)
         check_columns(rows, ("image", "question"), path, any_of=("answer", "answers"))
         samples = []
@@ -80,3 +81,9 @@ class VQA(Benchmark):
             values = [extra[name] for _, extra in judged]
             summary.metrics[name] = 100.0 * sum(values) / len(values) if values else 0.0
         return summary
+
+    def protocol(self, data: str | Path, circular: bool, samples: list[Sample]) -> dict[str, str]:
+        name = Path(str(data)).name
+        return {"score": f"{name}: {protocols.VQA[self.metric]}"} | {
+            metric: f"{name}: {text}" for metric, text in protocols.VQA.items()
+        }
