@@ -23,10 +23,10 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def tokenizer_code(path: str | Path) -> list[str]:
-    """The classes a tokenizer dir's own code defines (``tokenizer_config.json``'s ``auto_map``:
-    slow class first, then fast), empty for tokenizers transformers itself implements."""
-    ref = (_json(Path(path) / "tokenizer_config.json").get("auto_map") or {}).get("AutoTokenizer") or []
+def tokenizer_code(config: dict) -> list[str]:
+    """The classes a tokenizer's own code defines, from its ``tokenizer_config.json`` dict
+    (``auto_map``: slow class first, then fast); empty for tokenizers transformers implements."""
+    ref = (config.get("auto_map") or {}).get("AutoTokenizer") or []
     return [r for r in ([ref] if isinstance(ref, str) else ref) if r]
 
 
@@ -42,7 +42,8 @@ def read_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     d = model_dir(path)
     if not d.exists():
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
-    code = tokenizer_code(d)
+    config = _json(d / "tokenizer_config.json")
+    code = tokenizer_code(config)
     if code and not trust_remote_code:
         module = code[0].rsplit(".", 1)[0]
         raise ValueError(
@@ -56,8 +57,7 @@ def read_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
             return cls.from_pretrained(str(d))
         # A tokenizer that names its class needs no model config (an InternVL dir's config.json
         # describes a model transformers has no config class for, and would only warn).
-        named = bool(_json(d / "tokenizer_config.json").get("tokenizer_class"))
-        extra = {"config": PretrainedConfig()} if named else {}
+        extra = {"config": PretrainedConfig()} if config.get("tokenizer_class") else {}
         return AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code, **extra)
     except Exception as err:  # transformers raises many types here; name the directory
         raise ValueError(f"could not load a tokenizer from {path}: {err}") from err

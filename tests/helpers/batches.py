@@ -7,6 +7,7 @@ import torch
 from transformers import CONFIG_MAPPING, InternVLForConditionalGeneration
 
 from internvl_lightning.data.packing import EncodedSample
+from internvl_lightning.model.components import randomize_weights
 from internvl_lightning.model.config import internvl_config, tokens_per_tile
 from internvl_lightning.model.families import llm_family
 from internvl_lightning.model.presets import LLM_PRESETS, VISION_PRESETS, text_config, vision_config
@@ -97,8 +98,5 @@ def family_vlm(
     config = internvl_config(vit, cfg, image_token, 0.5, select_layer, tie)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    randomize_weights(model, seed)
     return model

@@ -12,11 +12,14 @@ added tokens (``added_tokens.json`` and ``tokenizer_config.json``'s ``added_toke
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 # Files an LLM ships its tokenizer in, besides tokenizer.json / tokenizer_config.json.
 _OWN_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "special_tokens_map.json")
@@ -110,8 +113,12 @@ def save_tokenizer(
     if not template_file:
         (out / "chat_template.jinja").unlink(missing_ok=True)
     _write(out / "tokenizer_config.json", config)
-    if (out / "tokenizer.json").is_file():
-        legacy_merges(out / "tokenizer.json")
+    if (out / "tokenizer.json").is_file() and not legacy_merges(out / "tokenizer.json"):
+        log.warning(
+            "%s: its BPE merges stay in the pair form (a merge part holds a space, or there are no "
+            "merges); tokenizers before 0.20 (transformers 4.37's) cannot read this tokenizer.json",
+            out / "tokenizer.json",
+        )
     return sorted(
         p.name for p in out.iterdir() if p.name.startswith(("tokeni", "vocab", "merges", "added", "special"))
     )

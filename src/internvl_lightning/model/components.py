@@ -126,7 +126,7 @@ def build_tokenizer(
     return read_tokenizer(out)
 
 
-def _randomize(model: PreTrainedModel, seed: int, scale: float = 0.02) -> None:
+def randomize_weights(model: PreTrainedModel, seed: int, scale: float = 0.02) -> None:
     """Perturb every parameter (after the model's own init) so that nothing is exactly 0 or 1:
     zero-initialised position embeddings or unit norms would hide conversion mistakes."""
     g = torch.Generator().manual_seed(seed)
@@ -152,7 +152,7 @@ def write_vision(p: VisionPreset, out_dir: str | Path, seed: int = 0, layout: st
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = InternVLVisionModel(cfg)
-    _randomize(model, seed + 1)
+    randomize_weights(model, seed + 1)
     if layout == "hf":
         model.save_pretrained(str(out))
     else:
@@ -188,7 +188,7 @@ def write_llm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg)
-    _randomize(model, seed + 1)
+    randomize_weights(model, seed + 1)
     if own is None:
         model.save_pretrained(str(out))
     else:
