@@ -26,12 +26,15 @@ COMMANDS = {
     "shard": "internvl_lightning.data.shard:shard_dataset",
     "inspect": "internvl_lightning.data.preview:preview",
     "evaluate": "internvl_lightning.training.commands:evaluate_checkpoint",
+    "chat": "internvl_lightning.training.chat:chat",
+    "infer": "internvl_lightning.training.infer:infer",
     "export": "internvl_lightning.training.commands:export_checkpoint",
     "plan": "internvl_lightning.training.plan:plan",
     "pipeline": "internvl_lightning.training.pipeline:run_pipeline",
     "demo": "internvl_lightning.demo.run:demo",
 }
 LIGHTNING_COMMANDS = ("fit", "validate")  # help lines: training/fit.py COMMANDS
+POSITIONAL = {"chat": "question"}  # command -> the argument a bare (option-less) value gives
 
 
 def command_function(name: str) -> Callable[..., Any]:
@@ -96,22 +99,37 @@ def build_parser(name: str, fn: Callable[..., Any]):
     return parser
 
 
-def normalize(argv: list[str], parser) -> list[str]:
-    """Accept ``--a-b`` for ``--a_b`` and a bare ``--flag`` for ``--flag=true`` (bool arguments)."""
-    flags = {
+def _options(parser, *types: Any) -> set[str]:
+    """The option strings of the parser's arguments typed as one of ``types``."""
+    return {
         opt
         for action in parser._actions
         for opt in action.option_strings
-        if getattr(action, "_typehint", None) in (bool, bool | None)
+        if getattr(action, "_typehint", None) in types
     }
-    out = []
+
+
+def normalize(argv: list[str], parser, positional: str | None = None) -> list[str]:
+    """Accept ``--a-b`` for ``--a_b``, a bare ``--flag`` for ``--flag=true`` (bool arguments), a
+    repeated ``--name VALUE`` of a list argument as one more item (``--image a --image b``), and a
+    value without an option as ``--<positional>=VALUE`` (``chat --model DIR "question"``)."""
+    flags = _options(parser, bool, bool | None)
+    lists = _options(parser, list[str], list[str] | None)
+    out, takes_value = [], False
     for i, arg in enumerate(argv):
         if arg.startswith("--"):
             key, eq, value = arg.partition("=")
-            arg = "--" + key[2:].replace("-", "_") + eq + value
+            key = "--" + key[2:].replace("-", "_")
             following = argv[i + 1] if i + 1 < len(argv) else None
-            if not eq and arg in flags and (following is None or following.startswith("-")):
-                arg += "=true"
+            if not eq and key in flags and (following or "-").lower() not in ("true", "false"):
+                eq, value = "=", "true"
+            if key in lists and not (value if eq else following or "").startswith("["):
+                key += "+"  # jsonargparse's append
+            arg, takes_value = key + eq + value, not eq
+        elif positional is not None and not takes_value and (not arg.startswith("-") or " " in arg):
+            arg = f"--{positional}={arg}"
+        else:
+            takes_value = False
         out.append(arg)
     return out
 
@@ -149,7 +167,7 @@ def report(result: Any, json_output: bool) -> int:
 def run_command(name: str, argv: list[str]) -> int:
     fn = command_function(name)
     parser = build_parser(name, fn)
-    config = parser.parse_args(normalize(argv, parser))  # exits 2 with a message on bad arguments
+    config = parser.parse_args(normalize(argv, parser, POSITIONAL.get(name)))  # exits 2 on bad arguments
     kwargs = dict(parser.instantiate(config))
     kwargs.pop("config", None)
     json_output = kwargs.pop("json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from internvl_lightning.evaluation.generate import _decode
 from internvl_lightning.evaluation.mmbench import PROMPT_EN, rotate
 from tests.helpers.evalgen import (
     mmbench_rows,
+    png_bytes,
     write_mathvista,
     write_mmbench,
     write_mmmu_json,
@@ -164,10 +166,15 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 
 def test_undecodable_image_names_file_and_row(tmp_path):
-    path = write_mmbench(tmp_path / "bad_img.tsv", bad_image_row=2)
-    samples = load_samples(get_benchmark("mmbench"), path, circular=False)
-    with pytest.raises(ValueError, match=r"bad_img\.tsv row 3 \(index 2\).*cannot decode image"):
-        _decode(samples[2].request.images[0])
+    """A cell that is base64 but no image fails at load; an image whose header reads but whose
+    pixels do not (a truncated PNG) fails when decoded; both name the file and the row."""
+    with pytest.raises(ValueError, match=r"bad_img\.tsv row 3 \(index 2\): not an image Pillow can read"):
+        load_samples(get_benchmark("mmbench"), write_mmbench(tmp_path / "bad_img.tsv", bad_image_row=2))
+    rows = mmbench_rows(3)
+    rows[1]["image"] = base64.b64encode(png_bytes("red", (200, 200))[:60]).decode()
+    samples = load_samples(get_benchmark("mmbench"), write_tsv(tmp_path / "cut.tsv", rows), circular=False)
+    with pytest.raises(ValueError, match=r"cut\.tsv row 2 \(index 1\): cannot decode image"):
+        _decode(samples[1].request.images[0])
 
 
 def test_unknown_benchmark_lists_known():
@@ -180,7 +187,10 @@ def test_mmmu_missing_image_for_tag(tmp_path):
     records = json.loads(path.read_text())
     records[0]["image_1"] = None
     path.write_text(json.dumps(records))
-    with pytest.raises(ValueError, match=r"mmmu_validation\.json \(id validation_Art_1\).*image_1 is empty"):
+    with pytest.raises(
+        ValueError,
+        match=r"mmmu_validation\.json row 1 \(id validation_Art_1\): refers to <image 1> but it has no image_1",
+    ):
         load_samples(get_benchmark("mmmu"), path)
 
 

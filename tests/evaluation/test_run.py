@@ -11,7 +11,7 @@ import pytest
 
 from internvl_lightning.cli import main
 from internvl_lightning.evaluation import evaluate, generate_batch, get_benchmark, load_samples, read_settings
-from internvl_lightning.evaluation.baselines import baseline_key, guess_size, lookup
+from internvl_lightning.evaluation.baselines import baseline_key, guess_model, lookup
 from internvl_lightning.evaluation.runner import predict
 
 TOKENS = 4  # new tokens per answer: enough to exercise the KV cache, cheap on CPU
@@ -37,9 +37,13 @@ def test_evaluate_end_to_end(tiny_vlm_dir, bench_files, tmp_path, benchmark):
     saved = json.loads(js.read_text())
     assert saved["score"] == result.score and len(saved["predictions"]) == expected
     text = md.read_text()
-    assert "| benchmark | samples | scored | score | InternVL2.5-8B" in text
-    published = {"mmbench": "n/a", "mmmu": "56.0", "mathvista": "64.4", "vqa": "79.1"}[benchmark]
-    assert f"| {published} |" in text and "arXiv:2412.05271" in text
+    assert "| benchmark | samples | scored | score | InternVL2.5-8B" in text and "| difference |" in text
+    published = {"mmbench": None, "mmmu": 56.0, "mathvista": 64.4, "vqa": 79.1}[benchmark]
+    if published is None:  # MMBench-dev-en v1.0: no published number found
+        assert "| n/a | n/a |" in text and "no published number found" in text
+    else:
+        assert f"| {published:.1f} | {result.score - published:+.1f} |" in text
+        assert "arXiv:2412.05271" in text and "OpenGVLab/InternVL2_5-8B" in text
     assert (
         result.protocol["score"] and f"| {result.protocol['score']} |" in text
     )  # the rules behind the number
@@ -99,7 +103,7 @@ def test_cli(tiny_vlm_dir, bench_files, tmp_path, capsys):
             "--limit", "2", "--max_new_tokens", str(TOKENS), "--out_dir", str(tmp_path), "--baseline", "2b",
             "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
-    assert "InternVL2.5-2B (MMBench-EN)" in capsys.readouterr().out
+    assert "InternVL2.5-2B (MMBench-dev-en v1.0)" in capsys.readouterr().out
     saved = json.loads((tmp_path / "mmbench_mmbench_dev_en.json").read_text())
     # Circular by default: 2 questions asked as 4 + 3 rotated copies, scored as 2.
     assert saved["num_samples"] == 7 and saved["num_scored"] == 2
@@ -107,12 +111,37 @@ def test_cli(tiny_vlm_dir, bench_files, tmp_path, capsys):
 
 
 def test_baselines():
-    assert guess_size(938_193_024) == "1b" and guess_size(8.1e9) == "8b" and guess_size(250_000) is None
-    assert lookup("8B", "mmmu")["score"] == 56.0 and lookup("2b", "mathvista")["score"] == 51.3
-    assert lookup("4b", "mmmu")["score"] is None  # not in a readable source yet: a gap, not a guess
+    assert guess_model(938_193_024) == "internvl2.5-1b" and guess_model(8.1e9) == "internvl2.5-8b"
+    assert guess_model(250_000) is None
+    assert lookup("8B", "mmmu")["score"] == 56.0 and lookup("internvl2.5-2b", "mathvista")["score"] == 51.3
+    assert lookup("8b", "infovqa") == {
+        "model": "InternVL2.5-8B",
+        "benchmark": "InfoVQA test",
+        "score": 77.6,
+        "source": lookup("8b", "mmmu")["source"],
+    }
+    gap = lookup("4b", "mmmu")  # not in a readable source: a gap, said so, not a guess
+    assert gap["score"] is None and gap["source"] == "no published number found"
+    assert lookup("InternVL3.5-8B", "mmbench_dev_en_v11")["model"] == "InternVL3.5-8B"
     assert baseline_key("vqa", "data/docvqa_val.jsonl") == "docvqa" and baseline_key("vqa", "x.jsonl") is None
-    with pytest.raises(ValueError, match="unknown baseline size"):
+    assert baseline_key("mmbench", "MMBench_DEV_EN_V11.tsv") == "mmbench_dev_en_v11"
+    assert baseline_key("mmbench", "mmbench_test_cn_20231003.tsv") == "mmbench_test_cn_v10"
+    assert baseline_key("mmbench", "CCBench_legacy.tsv") == "ccbench"
+    assert baseline_key("mmbench", "my_questions.tsv") is None
+    with pytest.raises(ValueError, match="unknown baseline model '3b'"):
         lookup("3b", "mmmu")
+
+
+def test_every_published_number_names_its_source():
+    from internvl_lightning.evaluation.baselines import table
+
+    t = table()
+    presets = {"internvl3-1b", "internvl3-2b", "internvl3-8b", "internvl3.5-1b", "internvl3.5-2b"}
+    assert presets | {"internvl3.5-4b", "internvl3.5-8b", "internvl2.5-78b"} <= set(t["models"])
+    for entry in t["models"].values():
+        for key, found in entry["scores"].items():
+            assert key in t["benchmarks"] and found["source"] in t["sources"]
+            assert 0 < found["score"] <= 100
 
 
 def test_a_new_benchmark_is_one_registry_entry(tiny_vlm_dir, tmp_path, monkeypatch, capsys):

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from PIL import Image
@@ -72,9 +73,35 @@ def write_mmbench(path: Path, n: int = 4, drop: str | None = None, bad_image_row
     return write_tsv(path, rows)
 
 
+def mmbench_official_rows() -> list[dict]:
+    """Rows as the distributed MMBench dev TSV holds them: every column of the official file, a hint,
+    2 to 9 options (letter columns absent from a row are blank), and the rotated copies of the
+    first question (index + k * 1e6) whose image cell is the original's index."""
+    header = {"index": 0, "question": "", "hint": "", **dict.fromkeys("ABCDEFGHI", ""), "answer": ""}
+    header |= {"category": "", "image": "", "source": "", "l2-category": "", "comment": "", "split": "dev"}
+    colours = [*COLORS, "black", "white", "grey", "orange"]
+    specs = [  # (index, option texts, answer, hint, image)
+        (0, ["red", "green", "blue"], "A", "The picture is a flat colour.", png_bytes("red")),
+        (1, ["yes", "no"], "B", "", png_bytes("green")),
+        (2, colours, "E", "", png_bytes("purple")),
+        (1_000_000, ["green", "blue", "red"], "C", "The picture is a flat colour.", "0"),
+        (2_000_000, ["blue", "red", "green"], "B", "The picture is a flat colour.", "0"),
+    ]
+    rows = []
+    for index, texts, answer, hint, image in specs:
+        row = dict(header, index=index, answer=answer, hint=hint, category="colour")
+        row |= {"question": "Is the picture red?" if index == 1 else "Which colour is shown?"}
+        row |= dict(zip("ABCDEFGHI", texts)) | {"l2-category": "attribute", "source": "synthetic"}
+        row["image"] = image if isinstance(image, str) else base64.b64encode(image).decode()
+        rows.append(row)
+    return rows
+
+
 def mmmu_rows(image_cell) -> list[dict]:
-    """Three MMMU validation records: one-image MC, two-image MC with an image in the options, open."""
+    """Three MMMU validation records: one-image MC, two-image MC with an image in the options, open.
+    They carry the official files' other columns too (explanation, img_type, ...), unread."""
     base = {f"image_{k}": None for k in range(1, 8)}
+    base |= {"explanation": "", "img_type": "['Photographs']", "topic_difficulty": "Easy", "subfield": "x"}
     return [
         dict(
             base,
@@ -123,14 +150,21 @@ def write_mmmu_json(directory: Path) -> Path:
     return path
 
 
-def write_mmmu_parquet(path: Path) -> Path:
-    """MMMU records as the HF parquet files store them (image columns: {"bytes", "path"} or null)."""
+def mmmu_parquet_image(k: int, color: str) -> dict:
+    """An image cell as the HF parquet files store it."""
+    return {"bytes": png_bytes(color), "path": f"{color}.png"}
+
+
+def write_mmmu_parquet(path: Path, rows: list[dict] | None = None) -> Path:
+    """MMMU records as the HF parquet files store them (every column a string but the image
+    columns: {"bytes", "path"} or null); ``rows`` default to ``mmmu_rows``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = mmmu_rows(lambda k, color: {"bytes": png_bytes(color), "path": f"{color}.png"})
+    rows = rows or mmmu_rows(mmmu_parquet_image)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    fields = [(c, pa.string()) for c in ("id", "question", "options", "answer", "question_type")]
+    text = ("id", "question", "options", "explanation", "img_type", "answer", "topic_difficulty")
+    fields = [(c, pa.string()) for c in (*text, "question_type", "subfield")]
     fields += [(f"image_{k}", image_type) for k in range(1, 8)]
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), path)
@@ -168,6 +202,32 @@ def write_mathvista(directory: Path) -> Path:
         }
     path = directory / "testmini.json"
     path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+def write_mathvista_parquet(path: Path) -> Path:
+    """The records of ``write_mathvista`` as the HF parquet stores them: the image both as a path
+    (``image``) and as ``decoded_image`` bytes, ``choices`` a list or null, ``precision`` a float
+    (NaN where the JSON has null), ``metadata`` a struct."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scratch = path.parent / "scratch_json"
+    records = json.loads(write_mathvista(scratch).read_text())
+    rows = []
+    for record in records.values():
+        png = (scratch / record["image"]).read_bytes()
+        precision = math.nan if record["precision"] is None else float(record["precision"])
+        rows.append(dict(record, precision=precision, decoded_image={"bytes": png, "path": None}))
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    text = ("pid", "question", "image", "unit", "answer", "question_type", "answer_type", "query")
+    schema = pa.schema(
+        [(c, pa.string()) for c in text]
+        + [("decoded_image", image_type), ("choices", pa.list_(pa.string())), ("precision", pa.float64())]
+        + [("metadata", pa.struct([("task", pa.string())]))]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
 
 

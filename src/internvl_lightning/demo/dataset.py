@@ -49,19 +49,28 @@ def _facts(s: Scene) -> dict[str, tuple[str, str, list[str]]]:
 
 
 def multiple_choice(
-    question: str, answer: str, options: list[str], rng: random.Random
+    question: str, answer: str, options: list[str], rng: random.Random, order: random.Random | None = None
 ) -> tuple[str, str, list[str]]:
     """MMBench-style prompt over four options; returns (prompt, letter, options).
 
-    Three distractors are drawn at random but the options keep one fixed order per question kind
-    (e.g. red, green, blue, yellow): a model of this size learns to see within minutes, while
-    matching a perceived colour against shuffled option texts would take it far longer.
+    Three distractors are drawn at random. With ``order`` the four are shuffled by it, so the
+    answer's letter says nothing (training data: a fixed order per question kind teaches the
+    answer's position, which circular evaluation scores 0); without it they keep the order of
+    ``options`` (the held-out file, whose rows circular evaluation rotates). ``order`` is a
+    separate generator so that every other draw of the data stays as it was.
     """
     chosen = {answer, *rng.sample([o for o in options if o != answer], 3)}
     opts = [o for o in options if o in chosen]
+    if order is not None:
+        order.shuffle(opts)
     letters = "ABCD"
     prompt = question + "".join(f"\n{letters[i]}. {o}" for i, o in enumerate(opts)) + MC_SUFFIX
     return prompt, letters[opts.index(answer)], opts
+
+
+def option_order(seed: int) -> random.Random:
+    """The generator that shuffles the training data's options (seeded apart from the data's own)."""
+    return random.Random(f"option-order-{seed}")
 
 
 # Pure-text knowledge the LLM is pretrained on and stage 2 keeps asking about.
@@ -99,7 +108,7 @@ def chat_corpus(
     word. Multiple choice is practised on general knowledge only: answering about pictures with
     letters is left to stage 2.
     """
-    rng = random.Random(seed)
+    rng, order = random.Random(seed), option_order(seed)
     convs = []
     while len(convs) < n:
         r = rng.random()
@@ -123,7 +132,7 @@ def chat_corpus(
             if key not in COLOURS and key not in COUNT_WORDS[1:]:
                 continue
             pool = list(COLOURS) if key in COLOURS else list(COUNT_WORDS[1:])
-            prompt, letter, _ = multiple_choice(q, key, pool, rng)
+            prompt, letter, _ = multiple_choice(q, key, pool, rng, order)
             convs.append(_turn(prompt, letter))
     return convs
 
@@ -182,7 +191,7 @@ def write_stage_data(
 ) -> dict[str, Path]:
     """Write the three stage mixtures; returns {stage: meta path}."""
     w = Writer(root, seed, image_size)
-    rng = w.rng
+    rng, order = w.rng, option_order(seed)
     for _ in range(n1):  # stage 1: captions
         s = random_scene(rng)
         q = rng.choice(["Describe the image.", "What is in the picture?", "Write a short caption."])
@@ -203,7 +212,7 @@ def write_stage_data(
         if r < 0.45:  # multiple choice, as benchmarks ask
             s = random_scene(rng)
             q, a, opts = _facts(s)[rng.choice(["colour", "shape", "position", "count"])]
-            prompt, letter, _ = multiple_choice(q, a, opts, rng)
+            prompt, letter, _ = multiple_choice(q, a, opts, rng, order)
             w.add("mc", {"image": w.image(s), "conversations": _turn(f"<image>\n{prompt}", letter)})
         elif r < 0.65:  # multi-turn
             s = random_scene(rng)

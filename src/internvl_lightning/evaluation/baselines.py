@@ -1,8 +1,9 @@
-"""Published InternVL2.5 numbers to print beside ours (data in ``baselines.json``, with its source).
+"""Published InternVL numbers to print beside ours (data in ``baselines.json``, each number with its source).
 
-The model size comes from ``--baseline SIZE`` or is guessed from the parameter count: the
-published size whose parameter count (InternVL2.5 shapes, see ``model/presets.py``) is nearest
-in ratio, if within 25%; otherwise (a tiny or custom model) no baseline is shown.
+The model comes from ``baseline`` ("internvl2.5-8b", "internvl3.5-2b"; a bare size such as "8b"
+means InternVL2.5) or is guessed from the parameter count: the published model whose count is
+nearest in ratio, if within 25%; otherwise (a tiny or custom model) no baseline is shown.
+A benchmark with no published number found gives a baseline with score None, said so in the report.
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .protocols import mmbench_split
+
 # Substrings of a VQA file name -> baseline key (the split in the label says what the number is for).
-_VQA_NAMES = (("textvqa", "textvqa"), ("docvqa", "docvqa"), ("chartqa", "chartqa"), ("ai2d", "ai2d"))
+_VQA_NAMES = (
+    ("textvqa", "textvqa"),
+    ("docvqa", "docvqa"),
+    ("infovqa", "infovqa"),
+    ("chartqa", "chartqa"),
+    ("ai2d", "ai2d"),
+)
 GUESS_TOLERANCE = 0.25
+DEFAULT_FAMILY = "internvl2.5"
+NOT_FOUND = "no published number found"
 
 
 @lru_cache(maxsize=1)
@@ -24,45 +35,71 @@ def table() -> dict[str, Any]:
     return json.loads((Path(__file__).with_name("baselines.json")).read_text())
 
 
-def sizes() -> list[str]:
+def models() -> list[str]:
     return list(table()["models"])
 
 
-def guess_size(num_parameters: int) -> str | None:
-    """The published size nearest to ``num_parameters`` (within 25%), else None."""
+def model_name(name: str) -> str:
+    """ "8B" -> "internvl2.5-8b"; "InternVL3.5-2B" -> "internvl3.5-2b"; unknown names fail."""
+    key = name.strip().lower().replace("_", ".")
+    if not key.startswith("internvl"):
+        key = f"{DEFAULT_FAMILY}-{key.removesuffix('b')}b"
+    if key not in table()["models"]:
+        raise ValueError(f"unknown baseline model {name!r}; known: {', '.join(models())}")
+    return key
+
+
+def guess_model(num_parameters: int) -> str | None:
+    """The published model nearest to ``num_parameters`` (within 25%), else None."""
     best, best_gap = None, math.inf
-    for size, count in table()["parameters"].items():
-        gap = abs(math.log(num_parameters / count))
-        if gap < best_gap:
-            best, best_gap = size, gap
+    for name, entry in table()["models"].items():
+        if entry.get("parameters"):
+            gap = abs(math.log(num_parameters / entry["parameters"]))
+            if gap < best_gap:
+                best, best_gap = name, gap
     return best if best_gap <= math.log(1 + GUESS_TOLERANCE) else None
 
 
 def baseline_key(benchmark: str, data: str | Path | None = None, dataset: str | None = None) -> str | None:
-    """Which baseline column a run compares with: the benchmark, or for VQA the dataset named by
-    ``dataset`` or guessed from the file name (textvqa, docvqa, chartqa, ai2d)."""
+    """Which published number a run compares with: MMBench's split and version read from the file
+    name, or for VQA the dataset named by ``dataset`` or guessed from the file name."""
+    name = Path(str(data)).name if data is not None else ""
+    if benchmark == "mmbench":
+        split = mmbench_split(name)  # "MMBench-dev-en v1.1", "CCBench" or "MMBench (<name>)"
+        if split == "CCBench":
+            return "ccbench"
+        if "?" in split or "(" in split:
+            return None
+        head, version = split.split()
+        return head.lower().replace("-", "_") + "_" + version.replace(".", "")
     if benchmark != "vqa":
         return benchmark
-    name = (dataset or (Path(str(data)).name if data is not None else "")).lower()
+    name = (dataset or name).lower()
     for needle, key in _VQA_NAMES:
         if needle in name:
             return key
     return dataset if dataset in table()["benchmarks"] else None
 
 
-def lookup(size: str | None, key: str | None) -> dict[str, Any] | None:
-    """``{"model", "benchmark", "score", "source"}`` for a size and key; score None when unknown."""
-    if size is None:
+def lookup(model: str | None, key: str | None) -> dict[str, Any] | None:
+    """``{"model", "benchmark", "score", "source"}`` for a model and benchmark key (score None
+    and source "no published number found" when there is none); None without a model or key."""
+    if model is None:
         return None
-    size = size.lower().removesuffix("b") + "b"
+    name = model_name(model)
     t = table()
-    if size not in t["models"]:
-        raise ValueError(f"unknown baseline size {size!r}; known: {sizes()}")
     if key is None or key not in t["benchmarks"]:
         return None
+    found = t["models"][name]["scores"].get(key)
     return {
-        "model": f"InternVL2.5-{size.upper()}",
+        "model": _display(name),
         "benchmark": t["benchmarks"][key],
-        "score": t["models"][size].get(key),
-        "source": t["source"],
+        "score": None if found is None else found["score"],
+        "source": NOT_FOUND if found is None else t["sources"][found["source"]],
     }
+
+
+def _display(name: str) -> str:
+    """ "internvl2.5-8b" -> "InternVL2.5-8B"."""
+    family, size = name.rsplit("-", 1)
+    return "InternVL" + family.removeprefix("internvl") + "-" + size.upper()

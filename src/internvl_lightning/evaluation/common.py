@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import glob
+import io
 import json
 import math
 import sys
@@ -12,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from .generate import Request
 
@@ -117,17 +122,42 @@ def check_columns(
             )
 
 
+def decode_base64(cell: str, where: str) -> bytes:
+    """The bytes of a base64 image cell; line breaks are allowed, any other non-base64 text is an error."""
+    text = "".join(str(cell).split())
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"{where}: image cell is not base64 ({text[:24]!r}...): {e}") from e
+    if not raw:
+        raise ValueError(f"{where}: empty image cell")
+    return raw
+
+
+def check_image_bytes(raw: bytes, where: str) -> bytes:
+    """``raw`` if its header is one Pillow reads (the pixels are decoded later, on use)."""
+    try:
+        with Image.open(io.BytesIO(raw)):
+            pass
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{where}: not an image Pillow can read ({len(raw)} bytes, starting {raw[:12]!r})"
+        ) from e
+    return raw
+
+
 def image_ref(value: Any, base: Path, where: str, root: str | Path | None = None) -> tuple[Any, str]:
     """An image cell as a lazy ``(bytes_or_path, where)`` reference.
 
-    Accepts raw bytes, a ``{"bytes": ..., "path": ...}`` dict (parquet image columns) or a path.
+    Accepts raw bytes (their header is checked now), a ``{"bytes": ..., "path": ...}`` dict
+    (parquet image columns) or a path.
     A relative path is looked up under ``root`` (if given), beside the benchmark file, then in
     the working directory (InternVL's JSONL files hold paths like ``data/textvqa/...``).
     """
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value), where
+        return check_image_bytes(bytes(value), where), where
     if isinstance(value, str) and value:
         p = Path(value)
         if p.is_absolute():

@@ -33,11 +33,11 @@ class MathVista(Benchmark):
         rows = read_records(path)
         required = ("pid", "question", "answer", "answer_type", "question_type")
         check_columns(rows, required, path, any_of=("image", "decoded_image"))
-        return [self._sample(row, path) for row in rows]
+        return [self._sample(row, f"{path} row {n + 1}", path) for n, row in enumerate(rows)]
 
-    def _sample(self, row: dict, path: Path) -> Sample:
+    def _sample(self, row: dict, row_name: str, path: Path) -> Sample:
         pid = str(row["pid"])
-        where = f"{path} (pid {pid})"
+        where = f"{row_name} (pid {pid})"
         choices = row.get("choices")
         choices = [] if blank(choices) else literal_list(choices)
         if choices is None:

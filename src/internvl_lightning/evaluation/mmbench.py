@@ -1,27 +1,38 @@
-"""MMBench (and CCBench): TSV with base64 images, options A..E, scored as VLMEvalKit does.
+"""MMBench (and CCBench): TSV with base64 images, options A, B, ..., scored as VLMEvalKit does.
 
 Circular evaluation (the default, as in VLMEvalKit) counts a question right only if every
 rotated copy of it is. Official files already hold the copies (index ``i + k * 1_000_000``), used
 as they are and grouped by ``index % 1_000_000``; for a file without copies we make them (the
 copy k with the options shifted by k). Answer matching: ``mmbench_rules.py``. A test file (no
 ``answer`` column) is not scored; ``write_submission`` writes the upload file for it.
+Bad rows fail at load, naming the file and row: an answer letter with no option, an image cell
+that is not base64 or not an image, a short image cell (a reference) naming no row with an image.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import string
 from pathlib import Path
 from typing import Any
 
 from ..constants import IMAGE_PLACEHOLDER
 from . import protocols
-from .common import Benchmark, Sample, Summary, check_columns, mean_summary, read_records
+from .common import (
+    Benchmark,
+    Sample,
+    Summary,
+    check_columns,
+    check_image_bytes,
+    decode_base64,
+    mean_summary,
+    read_records,
+)
 from .generate import Request
 from .mmbench_rules import match_option, missing
 from .submission import write_xlsx
 
-OPTION_LETTERS = "ABCDE"  # MMBench files have at most five option columns
+OPTION_LETTERS = string.ascii_uppercase  # VLMEvalKit reads any letter column; MMBench uses A-D
+IMAGE_REF_MAX = 64  # VLMEvalKit: an image cell this short is the index of the row holding the image
 COPY_OFFSET = 1_000_000
 PROMPT_EN = "Answer with the option's letter from the given choices directly."
 PROMPT_CN = "请直接回答选项字母。"
@@ -67,37 +78,27 @@ class MMBench(Benchmark):
         # Some option columns (E) are absent from a file altogether; those that exist may be blank.
         images: dict[str, str] = {}
         for row in rows:
-            if not missing(row["image"]) and len(row["image"]) > 64:
-                images[str(row["index"])] = row["image"]
+            if not missing(row["image"]) and len(row["image"]) > IMAGE_REF_MAX:
+                images[str(row["index"]).strip()] = row["image"]
         indices = [_index(row, n, path) for n, row in enumerate(rows)]
         pre_rotated = any(i >= COPY_OFFSET for i in indices)
-        samples = []
+        samples: list[Sample] = []
+        decoded: dict[str, bytes] = {}  # copies share their original's bytes
         for n, (row, index) in enumerate(zip(rows, indices)):
             if pre_rotated and not circular and index >= COPY_OFFSET:
                 continue  # the vanilla protocol scores only the original questions
-            samples += self._row_samples(row, n, index, path, images, circular and not pre_rotated)
+            where = f"{path} row {n + 1} (index {index})"
+            raw = _image_bytes(row, index, images, decoded, where)
+            samples += self._row_samples(row, index, where, raw, circular and not pre_rotated)
         return samples
 
-    def _row_samples(
-        self, row: dict, n: int, index: int, path: Path, images: dict[str, str], rotate_here: bool
-    ) -> list[Sample]:
-        where = f"{path} row {n + 1} (index {index})"
+    def _row_samples(self, row: dict, index: int, where: str, raw: bytes, rotate_here: bool) -> list[Sample]:
         options = option_cells(row)
         if len(options) < 2:
             raise ValueError(f"{where}: fewer than two options")
         answer = None if missing(row.get("answer")) else str(row["answer"]).strip()
-        # Official files store the image once; copies and repeats point at it by index (a short cell).
-        cell = row["image"]
-        if missing(cell) or len(cell) <= 64:
-            cell = images.get(str(cell).strip() if not missing(cell) else "", "") or images.get(
-                str(index % COPY_OFFSET), ""
-            )
-        try:
-            raw = base64.b64decode(cell, validate=False)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"{where}: image is not valid base64: {e}") from e
-        if not raw:
-            raise ValueError(f"{where}: empty image")
+        if answer is not None and answer not in options:
+            raise ValueError(f"{where}: answer {answer!r} is not one of its options ({', '.join(options)})")
         hint = None if missing(row.get("hint")) else str(row["hint"]).strip()
         question = str(row["question"]).strip()
         instruction = PROMPT_CN if _is_chinese(question) else PROMPT_EN
@@ -162,6 +163,24 @@ class MMBench(Benchmark):
 SUBMISSION_EXTRA = ("category", "l2-category", "answer")
 
 
+def _image_bytes(
+    row: dict, index: int, images: dict[str, str], decoded: dict[str, bytes], where: str
+) -> bytes:
+    """The image of a row. Official files store each image once; copies and repeats hold the
+    index of the row with the image (a short cell), or nothing (then the original's index)."""
+    cell = row["image"]
+    if not missing(cell) and len(cell) > IMAGE_REF_MAX:
+        key = str(row["index"]).strip()
+    else:
+        key = str(index % COPY_OFFSET) if missing(cell) else str(cell).strip()
+        if key not in images:
+            raise ValueError(f"{where}: image cell {cell!r} names no row holding an image")
+    if key not in decoded:
+        decoded[key] = check_image_bytes(decode_base64(images[key], where), where)
+    return decoded[key]
+
+
 def option_cells(row: dict) -> dict[str, str]:
-    """The options of a row as VLMEvalKit reads them: A..E, skipping cells pandas reads as missing."""
+    """The options of a row as VLMEvalKit reads them: every letter column, skipping cells pandas
+    reads as missing."""
     return {k: str(row[k]) for k in OPTION_LETTERS if k in row and not missing(row[k])}

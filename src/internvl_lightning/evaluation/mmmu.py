@@ -54,11 +54,11 @@ class MMMU(Benchmark):
     def load(self, path: Path, circular: bool = True) -> list[Sample]:
         rows = read_records(path)
         check_columns(rows, ("id", "question", "options", "answer", "question_type", "image_1"), path)
-        return [self._sample(row, path) for row in rows]
+        return [self._sample(row, f"{path} row {n + 1}", path) for n, row in enumerate(rows)]
 
-    def _sample(self, row: dict, path: Path) -> Sample:
+    def _sample(self, row: dict, row_name: str, path: Path) -> Sample:
         sid = str(row["id"])
-        where = f"{path} (id {sid})"
+        where = f"{row_name} (id {sid})"
         raw_options = row["options"]
         options = [] if blank(raw_options) else literal_list(raw_options)
         if options is None:
@@ -71,7 +71,7 @@ class MMMU(Benchmark):
             if k in used:
                 return m.group(0)  # mentioned again: keep the text; the image is already shown
             if not 1 <= k <= MAX_IMAGES or blank(row.get(f"image_{k}")):
-                raise ValueError(f"{where}: refers to <image {k}> but column image_{k} is empty")
+                raise ValueError(f"{where}: refers to <image {k}> but it has no image_{k}")
             used.append(k)
             return IMAGE_PLACEHOLDER
 

@@ -38,7 +38,8 @@ class EvalResult:
         return self.to_markdown()
 
     def to_markdown(self) -> str:
-        """A summary table (ours vs published) and a per-category table."""
+        """A summary table (ours, the published number, the difference, the protocol of ours)
+        and a per-category table."""
         b = self.baseline or {}
         published = b.get("score")
         ref = f"{b['model']} ({b['benchmark']})" if b else "published"
@@ -47,14 +48,15 @@ class EvalResult:
             "",
             f"Data: `{Path(self.data).name}`; model: `{self.settings.get('model', '?')}`",
             "",
-            f"| benchmark | samples | scored | score | {ref} | protocol |",
-            "|---|---:|---:|---:|---:|---|",
+            f"| benchmark | samples | scored | score | {ref} | difference | protocol |",
+            "|---|---:|---:|---:|---:|---:|---|",
             f"| {self.benchmark} | {self.num_samples} | {self.num_scored} | {self.score:.2f} | "
-            f"{_fmt(published)} | {self.protocol.get('score', '')} |",
+            f"{_fmt(published)} | {_difference(self.score, published, self.num_scored)} | "
+            f"{self.protocol.get('score', '')} |",
         ]
         for name, value in self.metrics.items():
             lines.append(
-                f"| {self.benchmark} ({name}) | {self.num_samples} | | {value:.2f} | | "
+                f"| {self.benchmark} ({name}) | {self.num_samples} | | {value:.2f} | | | "
                 f"{self.protocol.get(name, '')} |"
             )
         if self.counts:
@@ -66,7 +68,7 @@ class EvalResult:
             for key, value in self.per_category.items():
                 lines.append(f"| {key} | {self.category_counts.get(key, '')} | {value:.2f} |")
         if b:
-            lines += ["", f"Published numbers: {b['source']}"]
+            lines += ["", f"Published number ({b['model']}, {b['benchmark']}): {b['source']}"]
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path, stem: str | None = None) -> tuple[Path, Path]:
@@ -82,3 +84,8 @@ class EvalResult:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
+
+
+def _difference(score: float, published: float | None, num_scored: int) -> str:
+    """Ours minus the published number, signed ("n/a" without one or with nothing scored)."""
+    return "n/a" if published is None or not num_scored else f"{score - published:+.1f}"

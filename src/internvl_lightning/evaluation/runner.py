@@ -124,8 +124,9 @@ def evaluate(
     progress: bool = False,
     settings_source: Any = None,
     image_root: str | Path | None = None,
+    settings: EvalSettings | None = None,
 ) -> EvalResult:
-    """Score a model on a benchmark file with its official rules, beside the published InternVL2.5 numbers.
+    """Score a model on a benchmark file with its official rules, beside the published InternVL number.
 
     Ranks come from the process group (each answers every world-size-th sample; every rank then
     scores the full set); an explicit ``rank``/``world_size`` without one evaluates and scores
@@ -143,10 +144,10 @@ def evaluate(
         circular: MMBench circular evaluation (VLMEvalKit's, the default); False scores the
             original rows only.
         out_dir: directory for the JSON and Markdown reports (and MMBench's upload .xlsx).
-        baseline: published size to compare with (1b, 2b, 8b, ...), auto (guessed from the
-            parameter count) or none.
-        dataset: VQA dataset name for its baseline (textvqa, docvqa, chartqa, ai2d; default:
-            guessed from the file name).
+        baseline: published model to compare with (internvl2.5-8b, internvl3.5-2b, ...; a bare
+            size such as 8b means InternVL2.5), auto (guessed from the parameter count) or none.
+        dataset: VQA dataset name for its baseline (textvqa, docvqa, infovqa, chartqa, ai2d;
+            default: guessed from the file name).
         vqa_metric: VQA scoring (vqa, exact, anls, relaxed).
         vqa_prompt: instruction appended to VQA questions.
         max_num: tiles per image (default 6, never above training's).
@@ -156,9 +157,11 @@ def evaluate(
         progress: a progress bar.
         settings_source: the dir whose training record to read when passing a model object.
         image_root: base of relative image paths (default: beside the benchmark file).
+        settings: prompt and image settings to use as they are (e.g. a training run's own);
+            ``max_num`` and ``template`` are then ignored.
     """
     if baseline not in ("auto", None, "none"):
-        baselines.lookup(baseline, None)  # an unknown size fails now, not after generating
+        baselines.model_name(baseline)  # an unknown model fails now, not after generating
     options: dict[str, Any] = {"image_root": image_root}
     if benchmark == "vqa":
         options.update(metric=vqa_metric, prompt=vqa_prompt)
@@ -166,7 +169,7 @@ def evaluate(
     samples = load_samples(bench, data, circular=circular, limit=limit)
     model, tokenizer = load_vlm_and_tokenizer(model_or_dir, tokenizer)
     source = model_or_dir if settings_source is None else settings_source
-    settings = read_settings(source, model, max_num=max_num, template=template)
+    settings = settings or read_settings(source, model, max_num=max_num, template=template)
     max_new_tokens = max_new_tokens or bench.default_max_new_tokens
     answers = predict(
         model, tokenizer, samples, settings, batch_size, max_new_tokens, rank, world_size, progress
@@ -187,8 +190,8 @@ def evaluate(
         for (s, a), (score, extracted) in zip(done, judged, strict=True)
     ]
     n_params = sum(p.numel() for p in model.parameters())
-    size = (
-        baselines.guess_size(n_params)
+    compare_with = (
+        baselines.guess_model(n_params)
         if baseline == "auto"
         else (None if baseline in (None, "none") else baseline)
     )
@@ -204,7 +207,7 @@ def evaluate(
         protocol=bench.protocol(data, circular, [s for s, _ in done]),
         counts=summary.counts,
         predictions=predictions,
-        baseline=baselines.lookup(size, baselines.baseline_key(benchmark, data, dataset)),
+        baseline=baselines.lookup(compare_with, baselines.baseline_key(benchmark, data, dataset)),
         settings=dict(
             settings.to_dict(),
             model=str(source) if isinstance(source, str | Path) else type(model).__name__,

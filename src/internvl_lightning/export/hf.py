@@ -7,7 +7,15 @@ they are. What an export adds is everything a server needs beside them:
     training system prompt when a conversation brings none);
   * a generation config that stops on the template's end-of-turn token;
   * an image processor (GotOcr2, PIL backend) with the tiling, tile size and normalisation
-    the model was trained with; its defaults are CLIP's, ours are usually ImageNet's.
+    the model was trained with; its defaults are CLIP's, ours are usually ImageNet's;
+  * the training record (`model/record.py`): template, normalisation and tile range, which the
+    next stage, `evaluate`, `chat` and later exports read back.
+
+`AutoProcessor.from_pretrained(export)` builds an `InternVLProcessor`, which transformers only
+constructs where torchvision imports (its video processor uses it, even for images). Without
+torchvision the same inputs come from `AutoTokenizer` (its chat template) and
+`AutoImageProcessor` (the tiling), with each `<image>` expanded to `image_seq_length` context
+tokens per tile (`processor_config.json`).
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ import torch
 from transformers import GenerationConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
 from ..constants import IM_END, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, NORMALIZATION
+from ..data.encode import EncodeConfig
 from ..data.templates import get_template
 from ..model.config import vision_geometry
 from ..model.load import load_vlm_and_tokenizer
 from ..model.lora import has_adapters, merged_state_dict
-from ..model.record import write_training_record
+from ..model.record import read_training_record, write_training_record
 from ..tokenizer import TokenizerSource, read_tokenizer
 from .tokenizer import save_tokenizer
 
@@ -128,15 +137,35 @@ def _write_processor_files(
     (out / "chat_template.jinja").write_text(chat_template(template))
 
 
+RECORDED = ("template", "normalization", "max_dynamic_patch", "min_dynamic_patch")  # training record keys
+
+
+def data_settings(source: object, **given: str | int | None) -> dict[str, str | int]:
+    """The data settings an export records: those ``given`` (not None), else the source dir's
+    training record, else the training defaults (`data.encode.EncodeConfig`)."""
+    record = read_training_record(source) if isinstance(source, str | Path) and Path(source).is_dir() else {}
+    defaults = EncodeConfig()
+    settings = {}
+    for key in RECORDED:
+        value = given.get(key)
+        settings[key] = value if value is not None else record.get(key, getattr(defaults, key))
+    if not 1 <= int(settings["min_dynamic_patch"]) <= int(settings["max_dynamic_patch"]):
+        raise ValueError(
+            f"tile range min_dynamic_patch={settings['min_dynamic_patch']}, "
+            f"max_dynamic_patch={settings['max_dynamic_patch']}: need 1 <= min <= max"
+        )
+    return settings
+
+
 def export_hf(
     model_or_dir: InternVLForConditionalGeneration | str | Path,
     out_dir: str | Path,
     tokenizer: TokenizerSource | None = None,
     *,
-    template: str = "internvl2_5",
-    normalization: str = "imagenet",
-    max_dynamic_patch: int = 12,
-    min_dynamic_patch: int = 1,
+    template: str | None = None,
+    normalization: str | None = None,
+    max_dynamic_patch: int | None = None,
+    min_dynamic_patch: int | None = None,
     dtype: torch.dtype | None = None,
     max_shard_size: str = "5GB",
 ) -> Path:
@@ -146,8 +175,17 @@ def export_hf(
     output, an HF-native or original-layout InternVL dir; `tokenizer` defaults to its own). A
     Lightning `.ckpt` is read by `training.checkpoint.load_checkpoint` first. `dtype` converts the
     model in place before saving (e.g. torch.bfloat16 for serving). LoRA adapters are merged into
-    the weights they adapt (in fp32, before any `dtype` conversion).
+    the weights they adapt (in fp32, before any `dtype` conversion). The data settings the model
+    was trained with (template, normalisation, tile range) default to a source directory's
+    training record, else to the training defaults.
     """
+    settings = data_settings(
+        model_or_dir,
+        template=template,
+        normalization=normalization,
+        max_dynamic_patch=max_dynamic_patch,
+        min_dynamic_patch=min_dynamic_patch,
+    )
     try:
         model, tokenizer = load_vlm_and_tokenizer(model_or_dir, tokenizer)
     except (FileNotFoundError, ValueError) as err:
@@ -166,10 +204,10 @@ def export_hf(
         out,
         model.config.image_seq_length,
         vision_geometry(model.config.vision_config)[0],
-        max_dynamic_patch,
-        min_dynamic_patch,
-        normalization,
-        template,
+        int(settings["max_dynamic_patch"]),
+        int(settings["min_dynamic_patch"]),
+        str(settings["normalization"]),
+        str(settings["template"]),
     )
 
     end_id = tokenizer.convert_tokens_to_ids(IM_END)
@@ -177,7 +215,5 @@ def export_hf(
     GenerationConfig(
         eos_token_id=sorted(set(eos)), pad_token_id=tokenizer.pad_token_id, do_sample=False
     ).save_pretrained(out)
-    write_training_record(
-        out, template=template, normalization=normalization, max_dynamic_patch=max_dynamic_patch
-    )
+    write_training_record(out, **settings)
     return out

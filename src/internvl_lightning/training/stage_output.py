@@ -37,10 +37,15 @@ class StageOutput(L.Callback):
         enc = getattr(dm, "encode_config", None)
         settings = {}
         if enc is not None:
+            # A meta file's per-dataset tile budget replaces the global one for that dataset.
+            budgets = [
+                s.max_dynamic_patch or enc.max_dynamic_patch
+                for s in getattr(dm, "_train_sources", None) or []
+            ]
             settings = dict(
                 template=enc.template,
                 normalization=enc.normalization,
-                max_dynamic_patch=enc.max_dynamic_patch,
+                max_dynamic_patch=max(budgets, default=enc.max_dynamic_patch),
                 min_dynamic_patch=enc.min_dynamic_patch,
             )
         h = pl_module.hparams
