@@ -18,6 +18,10 @@ Both run alternately ``repeats`` times per kind, in one process set up as a Data
 applies in every data process; measured without it the full path reached 64% of the floor,
 first-touch page faults on fresh tile memory being most of the gap); we report medians. Target: full >= 70% of the
 floor's tiles/s. A cProfile of one full pass says where the time goes.
+
+Integrity checks (shard size on open, sidecar read, per-sample CRC32 and key checks; on by
+default): their cost is the profile share of ``verify.py`` + the sidecar read (target < 2% of the
+data path), and, for information, the wall time of the full path with ``verify_data=False``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from internvl_lightning.tokenizer import add_vlm_tokens
 from .common import REPO, TEST_IMAGES, median, print_result, row, save, timed
 
 TARGET_SHARE = 0.70
+TARGET_VERIFY_SHARE = 0.02
 TILES_PER_GPU, GPUS_PER_HOST, CORES_PER_HOST = (
     16,
     8,
@@ -146,11 +151,11 @@ def write_kind(root: Path, kind: str, blobs: list[bytes], samples: int, seed: in
     return root / f"{kind}.meta.json"
 
 
-def full_pipeline(shards: Path, tokenizer, seed: int = 0) -> tuple[int, int]:
+def full_pipeline(shards: Path, tokenizer, seed: int = 0, verify: bool = True) -> tuple[int, int]:
     """One epoch through the DataModule's training loader; (tiles, samples) delivered."""
     dm = InternVLDataModule(
         shards=str(shards), tokenizer=tokenizer, num_workers=0, epochs=1, seed=seed,
-        min_num_frames=FRAMES, max_num_frames=FRAMES, packing=PackingConfig(),
+        min_num_frames=FRAMES, max_num_frames=FRAMES, packing=PackingConfig(), verify_data=verify,
     )  # fmt: skip
     tiles = samples = 0
     for batch in dm.train_dataloader():
@@ -227,6 +232,7 @@ def profile_buckets(stats: pstats.Stats) -> tuple[list[dict], list[dict]]:
         ("packing (packing.py:Packer._consume)", cumulative("data/packing.py", "_consume")),
         ("collate (collate.py:PackingCollator.__call__)", cumulative("data/collate.py", "__call__")),
         ("resume snapshot (stream.py:_Worker.state)", cumulative("data/stream.py", "state")),
+        ("integrity checks (verify.py + sidecar read)", verify_seconds(entries)),
     ]
     bucket_rows = [{"stage": name, "seconds": secs, "share": secs / total} for name, secs in stages]
     top = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:12]
@@ -234,6 +240,14 @@ def profile_buckets(stats: pstats.Stats) -> tuple[list[dict], list[dict]]:
     for (file, _line, func), v in top:
         top_rows.append({"function": f"{_short(file)}:{func}", "own_seconds": v[2], "share": v[2] / total})
     return bucket_rows, top_rows
+
+
+def verify_seconds(entries: dict) -> float:
+    """Cumulative seconds of the reader's integrity checks: sample CRC/key checks, shard size and
+    start checks, and reading each shard's sidecar (``ShardInfo.expect``)."""
+    checks = {("data/verify.py", name) for name in ("check_sample", "check_size", "check_start", "check_end")}
+    checks.add(("data/sources.py", "expect"))
+    return sum(v[3] for k, v in entries.items() if any(f in k[0] and k[2] == fn for f, fn in checks))
 
 
 def _short(path: str) -> str:
@@ -278,10 +292,12 @@ def run(quick: bool = False) -> dict:
             for kind in counts:
                 floor_fn = floor_videos if kind == "video" else floor_images
                 full_pipeline(shards[kind], tokenizer)  # warm-up: imports, page cache
-                full_t, floor_t = [], []
+                full_t, floor_t, unverified_t = [], [], []
                 for _ in range(repeats):
                     t, (tiles, samples) = timed(lambda k=kind: full_pipeline(shards[k], tokenizer))
                     full_t.append(t)
+                    t, _ = timed(lambda k=kind: full_pipeline(shards[k], tokenizer, verify=False))
+                    unverified_t.append(t)
                     t, floor_tiles = timed(lambda k=kind, f=floor_fn: f(media[k]))
                     floor_t.append(t)
                 per_kind[kind] = {
@@ -290,6 +306,7 @@ def run(quick: bool = False) -> dict:
                     "floor_tiles": floor_tiles,
                     "full_seconds": full_t,
                     "floor_seconds": floor_t,
+                    "unverified_seconds": unverified_t,
                     "full_tiles_per_s": tiles / median(full_t),
                     "full_samples_per_s": samples / median(full_t),
                     "floor_tiles_per_s": floor_tiles / median(floor_t),
@@ -342,6 +359,26 @@ def run(quick: bool = False) -> dict:
         )
     )
     rows.append(row("samples/s per core (1 worker)", "info", f"{samples / full_s:.1f}", None))
+    verify_share = next(s["share"] for s in stages if s["stage"].startswith("integrity checks"))
+    rows.append(
+        row(
+            "integrity checks (size, CRC32, keys): share of the data path",
+            f"< {TARGET_VERIFY_SHARE:.0%}",
+            f"{verify_share:.2%} (profile)",
+            verify_share < TARGET_VERIFY_SHARE,
+        )
+    )
+    off_s = sum(median(k["unverified_seconds"]) for k in per_kind.values())
+    spread = max((max(t) - min(t)) / median(t) for k in per_kind.values() for t in (k["full_seconds"],))
+    rows.append(
+        row(
+            "  wall time, checks on vs off",
+            "info",
+            f"{full_s:.2f} s vs {off_s:.2f} s ({full_s / off_s - 1:+.1%}; run-to-run spread of one "
+            f"setting up to {spread:.0%})",
+            None,
+        )
+    )
     return {
         "figure": "data_pipeline",
         "title": "streaming data pipeline (1 process, 1 thread) vs PIL decode+resize+crop floor",

@@ -135,3 +135,16 @@ def test_uint8_tiles_are_normalised_into_the_batch(norm) -> None:
     want = torch.cat([pixel_values(img, 1, 4, S, True, norm), b.pixel_values, torch.zeros(2, 3, S, S)])
     assert out["pixel_values"].dtype == torch.float32 and torch.equal(out["pixel_values"], want)
     assert out["image_flags"].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def test_each_packed_sample_names_its_dataset():
+    def sample(sid, dataset, n):
+        return EncodedSample(sid, dataset, torch.arange(n), torch.arange(n), torch.zeros(0, 4, 4, 3, dtype=torch.uint8),
+                             torch.zeros(0, dtype=torch.long))  # fmt: skip
+
+    batch = PackingCollator(pad_token_id=0, max_packed_tokens=16, num_images_expected=0)(
+        [[sample("a", "coco", 3), sample("b", "ocr", 4)], [sample("c", "coco", 5)]]
+    )
+    assert batch["datasets"] == ["coco", "ocr", "coco"]
+    idx = batch["sample_index"]
+    assert [int((idx == k).sum()) for k in range(3)] == [3, 4, 5]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import tarfile
@@ -15,6 +16,7 @@ from internvl_lightning.cli import main
 from internvl_lightning.data.encode import EncodeConfig, encode_sample
 from internvl_lightning.data.shard import ShardFailed, parse_size, shard_dataset
 from internvl_lightning.data.sources import read_shard_samples
+from internvl_lightning.data.verify import sample_crc
 from internvl_lightning.model.components import build_tokenizer
 from internvl_lightning.tokenizer import add_vlm_tokens
 from tests.helpers.datagen import write_dataset
@@ -203,3 +205,30 @@ def test_parse_size():
     assert parse_size("1.5kb") == 1500
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_index_records_sizes_checksums_and_fewest_counts(data, tok, out, tmp_path):
+    index = json.loads((out / "index.json").read_text())
+    assert index["version"] == 3
+    for name, shard, i, key, _members in samples(out):
+        path = out / shard["path"]
+        assert shard["size"] == path.stat().st_size
+        assert shard["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        with tarfile.open(path) as tar:  # members of this sample, in tar order
+            ordered = [
+                (m.name.split(".", 1)[1], tar.extractfile(m).read()) for m in tar if m.name.startswith(key)
+            ]
+        assert shard["crc32"][i] == sample_crc(ordered), (name, key)
+        assert (shard["min_tokens"], shard["min_tiles"]) == (
+            min(shard["num_tokens"]),
+            min(shard["num_tiles"]),
+        )
+    # videos drawing 2..4 frames: the fewest counts are at 2 frames (what encoding at 2 frames gives)
+    few = tmp_path / "few"
+    shard_dataset(data.meta, tok, few, replace(CFG, min_num_frames=2), SIZE, workers=1)
+    two = replace(CFG, min_num_frames=2, max_num_frames=2)
+    for name, shard, i, _key, members in samples(few):
+        if name == "video":
+            s = encode_sample(json.loads(members["json"]), members, two, tok, random.Random(0), name)
+            least = shard["min_tokens"], shard["min_tiles"]
+            assert least[1] == 2 and least[0] <= s.num_tokens < shard["num_tokens"][i]

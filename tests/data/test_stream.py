@@ -209,6 +209,15 @@ def test_encode_errors_are_skipped_counted_and_logged(tmp_path, caplog):
 
 def test_missing_shard_is_skipped_loudly(tmp_path):
     root = write_shards(tmp_path, {"img": (12, 4, True)})
-    (root / "img" / "shard-000001.tar").unlink()
-    w = fake_stream(root, stop_at_epoch_end=True, shuffle_shards=False).worker()
+    stream = fake_stream(root, stop_at_epoch_end=True, shuffle_shards=False)
+    (root / "img" / "shard-000001.tar").unlink()  # gone after start-up: skipped while streaming
+    w = stream.worker()
     assert len(ids_of(w.run())) == 8 and w.stats["shard_errors"] == 1
+    # gone before start-up: left out of the source (and of its mixture weight), with the reason
+    src = load_index(str(root))[1][0]
+    assert [s.url for s in src.shards] == [str(root / f"img/shard-00000{i}.tar") for i in (0, 2)]
+    assert (
+        src.num_samples == 8
+        and len(src.skipped) == 1
+        and "shard-000001.tar: cannot be read" in src.skipped[0]
+    )

@@ -13,6 +13,8 @@ Per pack, samples are concatenated in order; the batch is right-padded to the lo
   0, 1, ... like a sample (as the reference does), so it never extends a real sample's positions.
 - `sample_index`: the sample's index within the whole batch (0..samples-1, in pack order), -1 on
   padding; use it to scatter per-token losses to samples over the flattened (B*L) tokens.
+- `datasets`: the dataset name of each packed sample (`datasets[k]` for `sample_index == k`), for
+  the per-dataset loss and token counts of a mixture.
 - `cu_seqlens` (int32) are boundaries over the flattened B*L tokens of every sample and every
   padding run, so one varlen attention call over the flattened batch is exact; `max_seqlen` is
   the longest segment.
@@ -77,6 +79,7 @@ class PackingCollator:
             width = self.max_packed_tokens
 
         ids, labels, pos, index, weight = [], [], [], [], []
+        datasets: list[str] = []  # datasets[k]: the dataset of packed sample k (sample_index == k)
         cu, tiles, flags = [0], [], []
         real_tiles = trained = k = 0
         for pack, length in zip(packs, lengths):
@@ -93,6 +96,7 @@ class PackingCollator:
                 labels.append(lab)
                 pos.append(torch.arange(n))
                 index.append(torch.full((n,), k))
+                datasets.append(s.dataset)
                 weight.append(trained_mask.float() * len2weight(n_s, self.loss_reduction))
                 cu.append(cu[-1] + n)
                 k += 1
@@ -130,6 +134,7 @@ class PackingCollator:
             "loss_weight": torch.cat(weight).view(b, width).to(torch.float32),
             "pixel_values": self._tiles(tiles),
             "image_flags": torch.cat(flags),
+            "datasets": datasets,
             "stats": {
                 "packs": b,
                 "samples": k,

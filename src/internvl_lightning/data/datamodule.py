@@ -18,12 +18,15 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..tokenizer import load_tokenizer
+from ..tokenizer import load_tokenizer, tokenizer_info
 from .accumulate import StepWindow
 from .collate import PackingCollator
 from .encode import EncodeConfig
+from .image import MAX_IMAGE_PIXELS
 from .sources import DatasetSource, ShardInfo, expand_urls, load_index
 from .stream import STATE_KEY, PackedStream, ResumableLoader, ShardEncoder
+from .templates import get_template
+from .video import MAX_FRAME_PIXELS, MAX_VIDEO_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,13 @@ def sources_from_urls(config: dict[str, SourceConfig | dict]) -> list[DatasetSou
     return out
 
 
-def sources_from_index(roots: str | Iterable[str]) -> tuple[list[dict], list[DatasetSource]]:
+def sources_from_index(
+    roots: str | Iterable[str], verify: bool = True
+) -> tuple[list[dict], list[DatasetSource]]:
     """Datasets of one or more shard directories / URL prefixes holding an ``index.json``."""
     headers, out = [], []
     for root in [roots] if isinstance(roots, str | os.PathLike) else roots:
-        header, srcs = load_index(str(root))
+        header, srcs = load_index(str(root), verify)
         headers.append(header)
         out += srcs
     names = [s.name for s in out]
@@ -114,6 +119,16 @@ class InternVLDataModule(pl.LightningDataModule):
     Batches carry ``stats`` (token_fill, tile_fill, samples, ...) for logging packing efficiency.
     ``reuse_freed_memory``: let each data process keep freed memory for the next batch (glibc only;
     see :mod:`internvl_lightning.data.memory`); with ``num_workers=0`` that is the training process.
+    ``verify_data``: check shard sizes and sample checksums against the index (:mod:`.verify`).
+    ``allow_data_restart``: resuming from a checkpoint whose data state was saved for other data or
+    settings restarts the data order (logged) instead of failing. ``max_image_pixels``,
+    ``max_video_frames``, ``max_frame_pixels``: media declaring more are skipped before decoding.
+
+    ``setup`` checks what would otherwise only fail sample by sample: the template name, the
+    budgets (against the smallest sample of every dataset, when the index records it) and an
+    empty mixture. Shards tokenized with another tokenizer than the run's only get a warning:
+    every sample is tokenized again from its stored conversation at train time, so the stored
+    token counts are the only thing that can be stale (over-long samples are then skipped).
     """
 
     def __init__(
@@ -145,6 +160,11 @@ class InternVLDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         reuse_freed_memory: bool = True,
+        verify_data: bool = True,
+        allow_data_restart: bool = False,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        max_video_frames: int | None = MAX_VIDEO_FRAMES,
+        max_frame_pixels: int | None = MAX_FRAME_PIXELS,
     ) -> None:
         super().__init__()
         if (shards is None) == (sources is None):
@@ -170,7 +190,11 @@ class InternVLDataModule(pl.LightningDataModule):
             max_num_frames=max_num_frames,
             video_sampling=video_sampling,
             max_length=self.packing.max_packed_tokens,  # longer samples could never be packed
+            max_image_pixels=max_image_pixels,
+            max_video_frames=max_video_frames,
+            max_frame_pixels=max_frame_pixels,
         )
+        self.verify_data, self.allow_data_restart = verify_data, allow_data_restart
         self.shuffle_buffer, self.shuffle_shards, self.seed = shuffle_buffer, shuffle_shards, seed
         self.num_workers, self.batch_size = num_workers, batch_size
         self.sqrt_resampling, self.replacement, self.epochs = sqrt_resampling, replacement, epochs
@@ -185,14 +209,83 @@ class InternVLDataModule(pl.LightningDataModule):
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        if self._train_sources is None:
+            self._check_settings()
         if self._tok is None:
             self._tok = self._load_tokenizer()
         if self._train_sources is None:
             if self.shards is not None:
-                headers, self._train_sources = sources_from_index(self.shards)
+                headers, sources = sources_from_index(self.shards, self.verify_data)
                 self._check_headers(headers)
+                counted_alike = all(self._counted_alike(h) for h in headers)
             else:
-                self._train_sources = sources_from_urls(self.sources or {})
+                sources, counted_alike = sources_from_urls(self.sources or {}), False
+            self._check_sources(sources, counted_alike)
+            self._train_sources = sources
+
+    def _check_settings(self) -> None:
+        """Settings that would make every sample fail: refused before anything is read."""
+        try:
+            get_template(self.encode_config.template)
+        except ValueError as e:
+            raise ValueError(f"--data.template: {e}") from None
+        p = self.packing
+        if p.max_packed_tokens < 1 or p.num_images_expected < 0 or p.max_buffer_size < 1:
+            raise ValueError(
+                "--data.packing: max_packed_tokens and max_buffer_size must be >= 1 and num_images_expected "
+                f">= 0, got {p.max_packed_tokens}, {p.max_buffer_size}, {p.num_images_expected}"
+            )
+
+    def _check_workers(self) -> None:
+        """Loader workers beyond this process's share of the CPU cores only compete for them."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # processes sharing this machine
+        share = max(1, cores // max(1, local))
+        if self.num_workers > share:
+            log.warning(
+                "--data.num_workers=%d but each of the %d process(es) here has %d CPU core(s): the loader "
+                "workers will compete for them (and with the training process); use at most %d",
+                self.num_workers, local, share, max(0, share - 1),
+            )  # fmt: skip
+
+    def _counted_alike(self, header: dict) -> bool:
+        """Whether the shard tool counted tokens and tiles as this run does (same tokenizer and settings)."""
+        enc, cfg = header.get("encode") or {}, self.encode_config
+        keys = ("template", "image_size", "tokens_per_tile", "min_dynamic_patch", "max_dynamic_patch")
+        keys += ("use_thumbnail", "min_num_frames", "max_num_frames")
+        same_tok = (header.get("tokenizer") or {}).get("sha256") == tokenizer_info(self._tok)["sha256"]
+        return same_tok and all(k in enc and enc[k] == getattr(cfg, k) for k in keys)
+
+    def _check_sources(self, sources: list[DatasetSource], counted_alike: bool) -> None:
+        """An empty mixture is an error now; so is a dataset whose every sample is over a budget, when
+        the index's smallest counts (``counted_alike``: made with this run's tokenizer and settings) say so."""
+        if not sources:
+            raise ValueError(f"no datasets to stream in {self.shards or self.sources}")
+        if all(s.num_samples == 0 for s in sources):
+            raise ValueError(
+                f"empty mixture: datasets {[s.name for s in sources]} hold no samples "
+                "(the shard tool kept none: see its report.txt)"
+            )
+        p = self.packing
+        for s in sources if counted_alike else []:
+            toks = [sh.min_tokens for sh in s.shards if sh.num_samples]
+            tiles = [sh.min_tiles for sh in s.shards if sh.num_samples]
+            if not toks or None in toks or None in tiles:
+                continue  # no per-shard minimum in this index (older shard tool)
+            if min(toks) > p.max_packed_tokens:  # type: ignore[type-var]
+                raise ValueError(
+                    f"dataset {s.name!r}: every sample is over the token budget (smallest {min(toks)} tokens > "  # type: ignore[type-var]
+                    f"--data.packing.max_packed_tokens={p.max_packed_tokens})"
+                )
+            if min(tiles) > p.num_images_expected:  # type: ignore[type-var]
+                raise ValueError(
+                    f"dataset {s.name!r}: every sample is over the tile budget (smallest {min(tiles)} tiles > "  # type: ignore[type-var]
+                    f"--data.packing.num_images_expected={p.num_images_expected})"
+                )
+
+    def skipped_shards(self) -> dict[str, list[str]]:
+        """Per dataset, the shards left out at start-up (missing, or not the size the index records)."""
+        return {s.name: list(s.skipped) for s in self._train_sources or [] if s.skipped}
 
     def _load_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -211,6 +304,16 @@ class InternVLDataModule(pl.LightningDataModule):
             if h.get("template", cfg.template) != cfg.template:
                 log.warning(
                     "shards were written with template %s, this run uses %s", h["template"], cfg.template
+                )
+            theirs, mine = (h.get("tokenizer") or {}).get("sha256"), tokenizer_info(self._tok)["sha256"]
+            if theirs is not None and theirs != mine:
+                log.warning(
+                    "shards were counted with tokenizer %s (vocabulary hash %s), this run uses %s: samples "
+                    "are tokenized again at train time, so only their stored token counts may be off "
+                    "(over-long samples are skipped and counted)",
+                    h["tokenizer"].get("name"),
+                    theirs,
+                    mine,
                 )
 
     @property
@@ -251,7 +354,7 @@ class InternVLDataModule(pl.LightningDataModule):
             "allow_overflow": p.allow_overflow,
         }
         if val:
-            _, srcs = sources_from_index(self.val_shards)  # type: ignore[arg-type]
+            _, srcs = sources_from_index(self.val_shards, self.verify_data)  # type: ignore[arg-type]
             for s in srcs:
                 s.data_augment = False
             opts = {
@@ -280,11 +383,13 @@ class InternVLDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
             reuse_freed_memory=self.reuse_freed_memory,
+            verify=self.verify_data,
             **opts,
         )
 
     # -- loaders ----------------------------------------------------------------------------
     def train_dataloader(self) -> Iterable[dict]:
+        self._check_workers()
         rank, world = self._layout()
         trainer = self.trainer
         if (
@@ -300,6 +405,7 @@ class InternVLDataModule(pl.LightningDataModule):
             self.build_stream(rank, world),
             self.num_workers,
             record_on_yield=trainer is None,
+            allow_restart=self.allow_data_restart,
             **self.loader_kwargs,
         )
         self._train = loader
@@ -354,6 +460,14 @@ class InternVLDataModule(pl.LightningDataModule):
             raise ValueError(f"data state was saved by {len(self._pending)} ranks, this run has {world}")  # type: ignore[arg-type]
         self._train.load_state_dict(self._pending[rank])  # type: ignore[union-attr,index]
         self._pending = None
+
+    def target_shares(self) -> dict[str, float]:
+        """Each dataset's share of the mixture as the training stream samples it ({} before the
+        first train_dataloader)."""
+        if self._train is None:
+            return {}
+        stream = self._train.stream
+        return {src.name: w for src, w in zip(stream.sources, stream.weights)}
 
     def data_stats(self) -> dict[int, dict]:
         """Per worker of this rank: samples read per dataset, encoded, skipped (+ last errors), packer stats."""

@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from ..constants import VIDEO_PLACEHOLDER
-from .image import load_image
+from .image import MAX_IMAGE_PIXELS, load_image
 from .packing import EncodedSample
 from .schema import MediaError, Sample, validate_sample
 from .templates import tokenize
 from .tiling import tile_array, tile_grid
-from .video import frame_prompt, read_video
+from .video import MAX_FRAME_PIXELS, MAX_VIDEO_FRAMES, VideoLimits, frame_prompt, read_video
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,17 @@ class EncodeConfig:
     """Frame sampling: ``rand``, ``middle`` or ``fpsX``."""
     max_length: int = 16384
     """Longest sample in tokens; longer ones are rejected."""
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    """Images whose header declares more pixels are refused before decoding (None: no limit)."""
+    max_video_frames: int | None = MAX_VIDEO_FRAMES
+    """Videos declaring more frames are refused before decoding (None: no limit)."""
+    max_frame_pixels: int | None = MAX_FRAME_PIXELS
+    """Videos whose frames are larger (width x height) are refused before decoding (None: no limit)."""
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        """The video size limits of this config."""
+        return VideoLimits(self.max_video_frames, self.max_frame_pixels)
 
 
 def sample_where(record: Mapping, dataset: str) -> str:
@@ -143,7 +154,13 @@ def encode_sample(
     if sample.kind == "video":
         data = media_member(media, "video", sample.video or "", where)
         frames = read_video(
-            data, (cfg.min_num_frames, cfg.max_num_frames), cfg.video_sampling, sample.clip, rng, where
+            data,
+            (cfg.min_num_frames, cfg.max_num_frames),
+            cfg.video_sampling,
+            sample.clip,
+            rng,
+            where,
+            cfg.video_limits,
         )
         augment = rng if cfg.data_augment else None
         tiles = [tile_array(f, 1, 1, S, False, augment) for f in frames]
@@ -154,7 +171,8 @@ def encode_sample(
         augment = rng if cfg.data_augment else None
         tiles = []
         for i, path in enumerate(sample.images):
-            img = load_image(media_member(media, f"img{i}", path, where), f"{where}: {path}")
+            data = media_member(media, f"img{i}", path, where)
+            img = load_image(data, f"{where}: {path}", cfg.max_image_pixels)
             tiles.append(tile_array(img, cfg.min_dynamic_patch, max_num, S, cfg.use_thumbnail, augment))
         conversations = sample.conversations
         counts = [t.shape[0] for t in tiles]

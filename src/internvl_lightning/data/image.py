@@ -5,6 +5,13 @@ transparency) is dropped, not composited on white, so transparent pixels keep th
 them, exactly what InternVL saw in training. EXIF orientation is not applied (the reference does not).
 The one deliberate difference: 16-bit and 32-bit greyscale (``I;16*``, ``I``, ``F``) is scaled to
 8 bits instead of being clipped at 255 (Pillow's plain conversion turns such images almost white).
+
+Untrusted sizes: an image is refused before its pixels are decoded when its header declares more
+than ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`, 40 Mpixel). Training never uses more than
+``max_dynamic_patch`` + 1 tiles of 448 x 448 (13 tiles: 2.6 Mpixel), so 40 Mpixel (8000 x 5000,
+a full-page scan at 600 dpi) leaves room for every real photo or document while keeping one
+decode under 120 MB of RGB; Pillow's own bomb guard (89 Mpixel warning, 179 Mpixel error) is
+far above what a data loader worker should allocate for one sample.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from internvl_lightning.constants import NORMALIZATION
 JPEG_QUALITIES = tuple(range(75, 101))  # the reference's 26 re-encode choices
 MAX_ASPECT = 200.0  # width:height (or height:width) beyond this is rejected by check_image
 MIN_SIDE = 4  # pixels; smaller images carry nothing worth 256 tokens per tile
+MAX_IMAGE_PIXELS = 40_000_000  # width x height refused beyond this (see the module doc)
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike
 
@@ -45,14 +53,37 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(data: ImageSource, where: str = "") -> Image.Image:
-    """Decode an image from bytes or a path into RGB; ``ValueError`` naming ``where`` if it fails."""
+class MediaTooLarge(ValueError):
+    """An image or video whose header declares more pixels or frames than the configured limit."""
+
+    reason_code = "media_too_large"
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None, where: str, what: str = "image") -> None:
+    """:class:`MediaTooLarge` when ``width x height`` is above ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise MediaTooLarge(
+            f"{where}: {what} is {width}x{height} = {width * height / 1e6:.3g} Mpixel, "
+            f"above the limit of {max_pixels / 1e6:g} Mpixel"
+        )
+
+
+def load_image(data: ImageSource, where: str = "", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image from bytes or a path into RGB; ``ValueError`` naming ``where`` if it fails.
+
+    The header's size is checked against ``max_pixels`` before any pixel is decoded.
+    """
     where = where or _describe(data)
     src = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
     try:
         with Image.open(src) as im:
+            check_pixels(*im.size, max_pixels, where)
             im.load()
             return to_rgb(im)
+    except MediaTooLarge:
+        raise
+    except Image.DecompressionBombError as e:  # beyond Pillow's own hard limit
+        raise MediaTooLarge(f"{where}: {e}") from e
     except Exception as e:  # Pillow raises many types on corrupt input
         raise ValueError(f"{where}: cannot decode image: {type(e).__name__}: {e}") from e
 

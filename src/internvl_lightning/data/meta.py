@@ -15,6 +15,8 @@ Rules, with how they differ from the reference:
 - ``repeat_time`` r > 0: r < 1 keeps the first ``int(n * r)`` lines (no shuffle before the cut);
   r >= 1 must be a whole number and repeats the file r times (the finetune script asserts this;
   the pretrain script silently truncates 2.5 to 2, which we refuse).
+- The same annotation file listed under two names (it would be mixed in twice) is logged as a
+  warning naming both datasets.
 - ``length`` is informational only; unknown keys are an error (they are usually typos, e.g.
   ``repeat_times``) unless ``strict=False``, which keeps them in ``DatasetSpec.extra``.
 """
@@ -22,11 +24,14 @@ Rules, with how they differ from the reference:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _KEYS = {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length"}
 
@@ -82,6 +87,23 @@ def _resolve(path: str, base: Path) -> str:
     return resolved + os.sep if path.endswith(("/", os.sep)) and not resolved.endswith(os.sep) else resolved
 
 
+def repeat_time_problem(repeat: Any) -> str | None:
+    """What is wrong with a ``repeat_time`` value (meta file or shard index), or None."""
+    if (
+        isinstance(repeat, bool)
+        or not isinstance(repeat, int | float)
+        or not math.isfinite(repeat)
+        or repeat <= 0
+    ):
+        return f"must be a number > 0, got {repeat!r}"
+    if repeat > 1 and repeat != int(repeat):
+        return (
+            f"{repeat} is not a whole number; values above 1 repeat the whole file "
+            "a whole number of times (use a value below 1 to keep a fraction of the lines)"
+        )
+    return None
+
+
 def parse_dataset(name: str, entry: Any, base: Path, where: str = "meta", strict: bool = True) -> DatasetSpec:
     """Validate one meta entry; ``base`` is the directory relative paths are resolved against."""
 
@@ -108,18 +130,9 @@ def parse_dataset(name: str, entry: Any, base: Path, where: str = "meta", strict
     ):
         raise bad(f"'max_dynamic_patch' must be a positive integer, got {max_patch!r}")
     repeat = entry.get("repeat_time", 1)
-    if (
-        isinstance(repeat, bool)
-        or not isinstance(repeat, int | float)
-        or not math.isfinite(repeat)
-        or repeat <= 0
-    ):
-        raise bad(f"'repeat_time' must be a number > 0, got {repeat!r}")
-    if repeat > 1 and repeat != int(repeat):
-        raise bad(
-            f"'repeat_time' {repeat} is not a whole number; values above 1 repeat the whole file "
-            "a whole number of times (use a value below 1 to keep a fraction of the lines)"
-        )
+    problem = repeat_time_problem(repeat)
+    if problem:
+        raise bad(f"'repeat_time' {problem}")
     length = entry.get("length")
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
         raise bad(f"'length' must be a non-negative integer, got {length!r}")
@@ -157,7 +170,26 @@ def load_meta(path: str | Path, strict: bool = True) -> dict[str, DatasetSpec]:
     if not isinstance(data, dict) or not data:
         raise MetaError(f"{path}: expected a non-empty object {{dataset_name: {{...}}}}")
     base = path.resolve().parent
-    return {name: parse_dataset(name, entry, base, str(path), strict) for name, entry in data.items()}
+    specs = {name: parse_dataset(name, entry, base, str(path), strict) for name, entry in data.items()}
+    _warn_shared_annotations(specs, str(path))
+    return specs
+
+
+def _warn_shared_annotations(specs: dict[str, DatasetSpec], where: str) -> None:
+    """One annotation file under two dataset names is mixed in twice: say so."""
+    first: dict[str, str] = {}
+    for name, s in specs.items():
+        key = s.annotation if is_remote(s.annotation) else os.path.realpath(s.annotation)
+        if key in first:
+            log.warning(
+                "%s: datasets %r and %r have the same 'annotation' %s: its samples are mixed in twice",
+                where,
+                first[key],
+                name,
+                s.annotation,
+            )
+        else:
+            first[key] = name
 
 
 def mixture_weights(lengths: dict[str, int], sqrt: bool = False) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Text previews of what training sees: decoded samples with their trained spans, and one packed batch.
 
-``python -m internvl_lightning inspect --shards DIR --tokenizer LLM_DIR`` prints :func:`preview`.
+``python -m internvl_lightning inspect --shards DIR --tokenizer LLM_DIR`` prints :func:`preview`;
+with ``--html OUT`` it writes the page of :mod:`.html_report` instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 from ..constants import IGNORE_INDEX
 from ..tokenizer import TokenizerSource
 from .datamodule import InternVLDataModule, PackingConfig
+from .html_report import card_html, indexed, page_html, write_histograms
+from .sample_view import LayoutRecorder
 from .sources import load_index
 from .stream import STATE_KEY
 from .templates import render_with_labels
@@ -60,11 +63,15 @@ def preview(
     packing: PackingConfig = PackingConfig(),
     batch_size: int = 1,
     seed: int = 0,
+    html: str | None = None,
 ) -> str:
-    """Show decoded samples and one packed batch of a shard dir as text.
+    """Show decoded samples and one packed batch of a shard dir as text, or write them as a web page.
 
     Samples show their trained spans in ``[[...]]`` and image runs as ``<IMG_CONTEXT>×N``; the batch
-    shows its samples, position restarts, cu_seqlens and fills.
+    shows its samples, position restarts, cu_seqlens and fills. With ``html``, a page is written
+    instead: one card per sample (pictures with their tile grid, video frames, the conversation
+    with trained spans highlighted, counts) and per-dataset PNG histograms of tokens and tiles per
+    sample from the shard index, written beside the page and shown in it.
 
     Args:
         shards: shard directory with index.json (the shard tool's output), or a DataModule (then
@@ -74,6 +81,7 @@ def preview(
         packing: packer budgets of the batch.
         batch_size: packs per batch.
         seed: stream seed (shuffling).
+        html: the page to write (``.html``); the histograms go beside it.
     """
     if isinstance(shards, InternVLDataModule):
         dm = shards
@@ -81,6 +89,8 @@ def preview(
         dm = datamodule_for(shards, tokenizer, packing=packing, batch_size=batch_size, seed=seed)
     tok = dm.tokenizer_object
     stream = dm.build_stream()
+    if html is not None:
+        return write_page(dm, stream, Path(html), num_samples)
     n = num_samples
     out = [f"== {n} sample(s), in stream order (trained spans in [[...]])"]
     for i, s in enumerate(itertools.islice(stream.samples(), n)):
@@ -105,3 +115,21 @@ def preview(
         ),
     ]
     return "\n".join(out)
+
+
+def write_page(dm: InternVLDataModule, stream: Any, out: Path, num_samples: int) -> str:
+    """Write the :mod:`.html_report` page of the first ``num_samples`` samples of ``stream``."""
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--html {out}: give a page name ending in .html")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--html {out}: folder {out.parent} does not exist")
+    recorder = LayoutRecorder(stream.encode)
+    stream.encode = recorder
+    tok = dm.tokenizer_object
+    cards = [card_html(s, recorder.layout(s), tok) for s in itertools.islice(stream.samples(), num_samples)]
+    datasets = write_histograms(stream.sources, out)
+    unindexed = [s.name for s in stream.sources if not indexed(s)]
+    title = f"{len(cards)} sample(s) of {dm.shards or ', '.join(s.name for s in stream.sources)}"
+    out.write_text(page_html(cards, datasets, title, unindexed), encoding="utf-8")
+    files = ", ".join(str(p) for d in datasets for p in d.files)
+    return f"wrote {out}: {len(cards)} sample card(s), {len(datasets)} dataset(s); histograms: {files}"

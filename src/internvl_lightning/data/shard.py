@@ -7,9 +7,11 @@ Output (``OUT``):
   original media bytes ``<key>.img0.<ext>``, ``<key>.img1.<ext>``, ... or ``<key>.video.<ext>``;
   ``key`` is the 1-based JSONL line number, zero-padded to 9 digits.
 - ``<dataset>/shard-000000.samples.json`` ...: per shard, each sample's key, the byte offset of its
-  first tar header, and its token / tile counts (``sources.read_shard_samples``);
+  first tar header, its token / tile counts and the CRC32 of its members (``sources.read_shard_samples``);
 - ``index.json``: settings, tokenizer name + vocabulary hash, and per dataset its meta options and
-  per shard its path, sample / token / tile totals and its samples file. Only totals: the index
+  per shard its path, size, SHA-256, sample / token / tile totals (and the fewest tokens / tiles
+  a sample can have, videos at ``min_num_frames``, to check packing budgets before streaming)
+  and its samples file. Only totals: the index
   every rank reads at start-up stays a few hundred bytes per shard, however many samples.
 - ``report.json`` / ``report.txt``: per dataset lines seen, kept and rejected by reason, and every
   rejected sample (file:line, id, reason).
@@ -37,7 +39,7 @@ from .schema import MalformedSample, SampleError, iter_jsonl
 from .shard_check import INVALID_JSON, SCHEMA, checker
 from .shard_write import DatasetReport, Rejection, ShardFailed, ShardReport, TarShards, write_json
 
-INDEX_VERSION = 2  # 2: per-sample lists moved to per-shard samples files
+INDEX_VERSION = 3  # 2: per-sample lists moved to per-shard samples files; 3: sizes and checksums
 KEY_DIGITS = 9
 
 
@@ -161,7 +163,8 @@ def shard_dataset(
                         num_tokens=result.num_tokens, num_tiles=result.num_tiles, line=line, media=media
                     )
                     doc = json.dumps({**record, "_meta": meta}, ensure_ascii=False).encode()
-                    writer.add(key, [("json", doc), *result.members], result.num_tokens, result.num_tiles)
+                    members = [("json", doc), *result.members]
+                    writer.add(key, members, result.num_tokens, result.num_tiles, result.least)
                     dreport.kept += 1
             except BaseException:
                 writer.abort()

@@ -20,9 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from .encode import EncodeConfig, count_sample
-from .image import MAX_ASPECT, MIN_SIDE
+from .image import MAX_ASPECT, MIN_SIDE, MediaTooLarge, check_pixels
 from .meta import join_media
 from .schema import SampleError, SampleTooLong, validate_sample
+from .video import VideoLimits
 
 INVALID_JSON = "invalid_json"
 SCHEMA = "schema"
@@ -33,6 +34,8 @@ IMAGE_TOO_SMALL = "image_too_small"
 EXTREME_ASPECT = "extreme_aspect"
 BAD_VIDEO = "bad_video"
 TOO_LONG = "too_long"
+IMAGE_TOO_LARGE = "image_too_large"
+VIDEO_TOO_LARGE = "video_too_large"
 REASONS = (
     INVALID_JSON,
     SCHEMA,
@@ -43,6 +46,8 @@ REASONS = (
     EXTREME_ASPECT,
     BAD_VIDEO,
     TOO_LONG,
+    IMAGE_TOO_LARGE,
+    VIDEO_TOO_LARGE,
 )
 
 # Image file formats (as Pillow names them) -> member extension; others use the lower-cased name.
@@ -67,11 +72,13 @@ class Rejected(Exception):
 
 @dataclass
 class Checked:
-    """A kept sample: its tar members (name suffix, bytes) in write order, and its size."""
+    """A kept sample: its tar members (name suffix, bytes) in write order, and its size (videos:
+    at ``max_num_frames``; ``least``: the smallest size it can have, at ``min_num_frames``)."""
 
     members: list[tuple[str, bytes]]
     num_tokens: int
     num_tiles: int
+    least: tuple[int, int] | None = None  # (tokens, tiles) when smaller than the size above
 
 
 def _read(root: str, path: str, sid: str) -> bytes:
@@ -88,15 +95,19 @@ def _read(root: str, path: str, sid: str) -> bytes:
     return data
 
 
-def _check_image(data: bytes, path: str, sid: str) -> tuple[str, tuple[int, int]]:
-    """(member extension, (width, height)); the whole file is decoded (JPEG at 1/8 scale)."""
+def _check_image(data: bytes, path: str, sid: str, max_pixels: int | None) -> tuple[str, tuple[int, int]]:
+    """(member extension, (width, height)); the whole file is decoded (JPEG at 1/8 scale), unless
+    its header declares more than ``max_pixels``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, size = im.format or "", im.size
+            check_pixels(*size, max_pixels, path)
             im.verify()  # structure and checksums (PNG)
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (1, 1))  # JPEG: decode every block, at the smallest scale
             im.load()  # catches truncated files that verify() lets through
+    except (MediaTooLarge, Image.DecompressionBombError) as e:
+        raise Rejected(IMAGE_TOO_LARGE, str(e), sid) from None
     except Exception as e:  # Pillow raises many types on corrupt input
         raise Rejected(BAD_IMAGE, f"cannot decode image {path}: {type(e).__name__}: {e}", sid) from None
     w, h = size
@@ -107,11 +118,14 @@ def _check_image(data: bytes, path: str, sid: str) -> tuple[str, tuple[int, int]
     return _IMAGE_EXT.get(fmt, re.sub(r"[^a-z0-9]", "", fmt.lower()) or "img"), size
 
 
-def _check_video(data: bytes, path: str, clip: tuple[float, float] | None, sid: str) -> None:
-    """At least one frame decodes (and the clip, if any, overlaps the video)."""
+def _check_video(
+    data: bytes, path: str, clip: tuple[float, float] | None, sid: str, limits: VideoLimits
+) -> None:
+    """At least one frame decodes (and the clip, if any, overlaps the video); sizes within ``limits``."""
     try:
         if data[:4] == b"GIF8":
             with Image.open(io.BytesIO(data)) as im:
+                limits.check(getattr(im, "n_frames", 1), *im.size, path)
                 im.load()
             return
         import av
@@ -122,6 +136,7 @@ def _check_video(data: bytes, path: str, clip: tuple[float, float] | None, sid: 
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 1)
             total = stream.frames
+            limits.check(total or None, stream.codec_context.width, stream.codec_context.height, path)
             next(iter(container.decode(video=0)))
         if clip and total:
             start = int(clip[0] * fps)
@@ -129,6 +144,8 @@ def _check_video(data: bytes, path: str, clip: tuple[float, float] | None, sid: 
                 raise ValueError(f"clip {list(clip)} has no frames in a {total}-frame video at {fps:g} fps")
     except StopIteration:
         raise Rejected(BAD_VIDEO, f"no decodable frame in {path}", sid) from None
+    except (MediaTooLarge, Image.DecompressionBombError) as e:
+        raise Rejected(VIDEO_TOO_LARGE, str(e), sid) from None
     except Exception as e:
         raise Rejected(BAD_VIDEO, f"cannot decode video {path}: {type(e).__name__}: {e}", sid) from None
 
@@ -148,7 +165,7 @@ def check_sample(record: dict, root: str, cfg: EncodeConfig, tokenizer, where: s
     sizes: list[tuple[int, int]] = []
     for i, path in enumerate(sample.images):
         data = _read(root, path, sid)
-        ext, size = _check_image(data, path, sid)
+        ext, size = _check_image(data, path, sid, cfg.max_image_pixels)
         members.append((f"img{i}.{ext}", data))
         sizes.append(size)
     if sample.video:
@@ -157,7 +174,7 @@ def check_sample(record: dict, root: str, cfg: EncodeConfig, tokenizer, where: s
                 BAD_VIDEO, f"frame folders are not supported by the shard tool: {sample.video}", sid
             )
         data = _read(root, sample.video, sid)
-        _check_video(data, sample.video, sample.clip, sid)
+        _check_video(data, sample.video, sample.clip, sid, cfg.video_limits)
         members.append((f"video.{_video_ext(sample.video)}", data))
     try:
         num_tokens, num_tiles = count_sample(record, sizes, cfg, tokenizer)
@@ -167,7 +184,10 @@ def check_sample(record: dict, root: str, cfg: EncodeConfig, tokenizer, where: s
         raise Rejected(SCHEMA, e.reason, sid) from None
     if num_tokens > cfg.max_length:
         raise Rejected(TOO_LONG, f"{num_tokens} tokens > max_length {cfg.max_length}", sid)
-    return Checked(members, num_tokens, num_tiles)
+    least = None
+    if sample.video and cfg.min_num_frames < cfg.max_num_frames:
+        least = count_sample(record, sizes, cfg, tokenizer, num_frames=cfg.min_num_frames)
+    return Checked(members, num_tokens, num_tiles, least)
 
 
 # Worker side: each process holds the tokenizer and per-dataset (root, cfg) once.

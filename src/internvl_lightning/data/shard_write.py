@@ -1,11 +1,13 @@
 """Writing side of the shard tool: deterministic, size-capped tar shards and the rejection report.
 
 :class:`TarShards` writes members into tar files whose bytes depend only on their content (USTAR,
-mtime 0, uid/gid 0, empty user/group names, mode 0644) and records where each sample starts.
+mtime 0, uid/gid 0, empty user/group names, mode 0644) and records where each sample starts, each
+sample's CRC32 (:func:`.verify.sample_crc`) and, per shard, its size and SHA-256 (checked by the reader).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -13,6 +15,8 @@ import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .verify import sample_crc
 
 SAMPLES_SUFFIX = ".samples.json"
 
@@ -24,6 +28,10 @@ class _Shard:
     offsets: list[int] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
     num_tiles: list[int] = field(default_factory=list)
+    crc32: list[int] = field(default_factory=list)
+    least: list[tuple[int, int]] = field(default_factory=list)  # fewest (tokens, tiles) per sample
+    size: int = 0
+    sha256: str = ""
 
     @property
     def samples_path(self) -> str:
@@ -36,6 +44,7 @@ class _Shard:
             "offsets": self.offsets,
             "num_tokens": self.num_tokens,
             "num_tiles": self.num_tiles,
+            "crc32": self.crc32,
         }
 
     def entry(self) -> dict:
@@ -45,6 +54,10 @@ class _Shard:
             "num_samples": len(self.keys),
             "num_tokens": sum(self.num_tokens),
             "num_tiles": sum(self.num_tiles),
+            "min_tokens": min(t for t, _ in self.least),
+            "min_tiles": min(n for _, n in self.least),
+            "size": self.size,
+            "sha256": self.sha256,
             "samples": self.samples_path,
         }
 
@@ -75,7 +88,16 @@ class TarShards:
         self._tar = tarfile.open(self.out / (shard.path + ".tmp"), "w", format=tarfile.USTAR_FORMAT)
         self._size = 2 * tarfile.BLOCKSIZE  # end-of-archive blocks
 
-    def add(self, key: str, members: list[tuple[str, bytes]], num_tokens: int, num_tiles: int) -> None:
+    def add(
+        self,
+        key: str,
+        members: list[tuple[str, bytes]],
+        num_tokens: int,
+        num_tiles: int,
+        least: tuple[int, int] | None = None,
+    ) -> None:
+        """Append one sample; ``least``: its fewest (tokens, tiles) when smaller than the counts
+        given (a video counted at its most frames)."""
         need = sum(_member_bytes(len(data)) for _, data in members)
         if self._tar is None or (self.shards[-1].keys and self._size + need > self.max_bytes):
             self._open()
@@ -84,6 +106,8 @@ class TarShards:
         shard.offsets.append(tar.offset)
         shard.num_tokens.append(num_tokens)
         shard.num_tiles.append(num_tiles)
+        shard.crc32.append(sample_crc(members))
+        shard.least.append(least or (num_tokens, num_tiles))
         for suffix, data in members:
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -98,7 +122,11 @@ class TarShards:
             shard = self.shards[-1]
             write_json(self.out / shard.samples_path, shard.samples())
             path = self.out / shard.path
-            os.replace(str(path) + ".tmp", path)
+            tmp = Path(str(path) + ".tmp")
+            with open(tmp, "rb") as f:
+                shard.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            shard.size = tmp.stat().st_size
+            os.replace(tmp, path)
             self._tar = None
 
     def close(self) -> list[dict]:

@@ -3,14 +3,17 @@
 A shard is a WebDataset tar: consecutive members ``<key>.<suffix>`` form one sample. Shards can be
 local paths, ``file:`` URLs, ``http(s)://`` URLs (ranged GETs, so a shard can be entered at a byte
 offset) or anything webdataset's ``gopen`` opens (``pipe:CMD``, ``gs://``, ...; those are read from
-the start and skipped forward to an offset).
+the start and skipped forward to an offset). Such URLs are accepted only from the caller (command
+line, YAML, Python): paths read from an ``index.json`` are confined to its directory (:mod:`.verify`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
+import stat
 import tarfile
 import time
 import urllib.error
@@ -23,15 +26,41 @@ from urllib.parse import urlparse
 from braceexpand import braceexpand
 from webdataset.gopen import gopen
 
+from .meta import repeat_time_problem
+from .verify import ShardExpect, ShardMismatch, confined
+
+log = logging.getLogger(__name__)
+
 INDEX_NAME = "index.json"
 
 
 @dataclass
 class ShardInfo:
-    """One shard: its URL and, when an index says so, its sample count."""
+    """One shard: its URL and, when an index says so, its sample count, size, checksum and sample list.
+
+    ``samples``: the URL of its ``.samples.json`` sidecar, or the lists themselves (index version 1).
+    """
 
     url: str
     num_samples: int | None = None
+    size: int | None = None
+    sha256: str | None = None
+    samples: str | dict | None = None
+    min_tokens: int | None = None  # the smallest sample's tokens / tiles (index version 3)
+    min_tiles: int | None = None
+
+    def expect(self) -> ShardExpect | None:
+        """What the index says this shard holds (reads its sidecar); None for shards given as URLs."""
+        if self.samples is None or self.num_samples is None:
+            return None
+        lists = read_json(self.samples) if isinstance(self.samples, str) else self.samples
+        if not isinstance(lists, dict) or not {"keys", "offsets"} <= lists.keys():
+            raise ShardMismatch(f"{self.url}: its sample list {self.samples} has no keys/offsets")
+        return ShardExpect.from_lists(self.url, self.num_samples, self.size, lists)
+
+    def describe(self) -> list:
+        """What identifies the shard's content (for the data fingerprint)."""
+        return ["/".join(self.url.split("/")[-2:]), self.num_samples, self.size, self.sha256]
 
 
 @dataclass
@@ -44,6 +73,7 @@ class DatasetSource:
     weight: float | None = None  # explicit mixture weight; default: sample count after repeat_time
     data_augment: bool = False
     max_dynamic_patch: int | None = None
+    skipped: list[str] = field(default_factory=list)  # shards left out at start-up, with the reason
 
     @property
     def num_samples(self) -> int | None:
@@ -128,36 +158,120 @@ def open_url(url: str, offset: int = 0) -> BinaryIO:
     return f
 
 
+def _file_size(f: BinaryIO) -> int | None:
+    try:
+        st = os.fstat(f.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def read_json(url: str) -> Any:
     """Parse a JSON file from any URL ``open_url`` understands."""
     with open_url(url) as f:
         return json.loads(f.read().decode("utf-8"))
 
 
-def load_index(root: str) -> tuple[dict[str, Any], list[DatasetSource]]:
-    """Read ``<root>/index.json`` (written by the shard tool): its header and one source per dataset."""
-    index = read_json(join_url(root, INDEX_NAME))
-    sources = []
-    for name, ds in index["datasets"].items():
-        shards = [ShardInfo(join_url(root, s["path"]), int(s["num_samples"])) for s in ds["shards"]]
-        sources.append(
-            DatasetSource(
-                name,
-                shards,
-                repeat_time=float(ds.get("repeat_time", 1.0)),
-                data_augment=bool(ds.get("data_augment", False)),
-                max_dynamic_patch=ds.get("max_dynamic_patch"),
-            )
+def _shard_entry(root: str, where: str, entry: Any, local: bool) -> ShardInfo:
+    """One shard of an index, its paths confined to ``root``."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: shard entry {entry!r} is not an object")
+    path = confined(root, entry.get("path"), where, local)
+    n = entry.get("num_samples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{where}: shard {path!r}: 'num_samples' must be a non-negative integer, got {n!r}")
+    if "samples" in entry:
+        samples: str | dict = join_url(root, confined(root, entry["samples"], where, local))
+    else:  # index version 1 kept the lists inline
+        samples = {k: entry[k] for k in ("keys", "offsets", "num_tokens", "num_tiles") if k in entry}
+    size = entry.get("size")
+    return ShardInfo(
+        join_url(root, path),
+        n,
+        None if size is None else int(size),
+        entry.get("sha256"),
+        samples,
+        entry.get("min_tokens"),
+        entry.get("min_tiles"),
+    )
+
+
+def _present(shard: ShardInfo) -> str | None:
+    """Why a local shard cannot be read as the index describes it (None: it can, or it is remote)."""
+    if not _is_local(shard.url):
+        return None
+    try:
+        size = os.stat(_local_path(shard.url)).st_size
+    except OSError as e:
+        return f"{shard.url}: cannot be read: {e.strerror or e}"
+    if shard.size is not None and size != shard.size:
+        return f"{shard.url}: {size} bytes, index.json says {shard.size}"
+    return None
+
+
+def load_index(root: str, verify: bool = True) -> tuple[dict[str, Any], list[DatasetSource]]:
+    """Read ``<root>/index.json`` (written by the shard tool): its header and one source per dataset.
+
+    Every path in it must stay inside ``root`` (:func:`.verify.confined`). With ``verify``, local
+    shards that are missing or whose size differs from the index are left out (listed in the
+    source's ``skipped``, logged), so mixture weights count only shards that can be read; a
+    dataset left with no shard at all is an error.
+    """
+    where = join_url(root, INDEX_NAME)
+    index = read_json(where)
+    if not isinstance(index, dict) or not isinstance(index.get("datasets"), dict):
+        raise ValueError(f"{where}: not a shard index (no 'datasets' object)")
+    local = _is_local(root)
+    if verify and int(index.get("version", 1)) < 3:
+        log.warning(
+            "%s: index version %s carries no shard sizes or sample checksums: keys, offsets and counts "
+            "are checked, bytes are not (re-run the shard tool to add them)",
+            where,
+            index.get("version", 1),
         )
+    sources, seen = [], set()
+    for name, ds in index["datasets"].items():
+        if not isinstance(ds, dict) or not isinstance(ds.get("shards"), list):
+            raise ValueError(f"{where}: dataset {name!r} has no 'shards' list")
+        repeat = ds.get("repeat_time", 1.0)
+        problem = repeat_time_problem(repeat)
+        if problem:
+            raise ValueError(f"{where}: dataset {name!r}: field 'repeat_time': {problem}")
+        shards = [_shard_entry(root, where, s, local) for s in ds["shards"]]
+        for s in shards:
+            if s.url in seen:
+                raise ValueError(f"{where}: dataset {name!r}: shard {s.url} is listed twice")
+            seen.add(s.url)
+        src = DatasetSource(
+            name,
+            shards,
+            repeat_time=float(repeat),
+            data_augment=bool(ds.get("data_augment", False)),
+            max_dynamic_patch=ds.get("max_dynamic_patch"),
+        )
+        if verify:
+            problems = {id(s): _present(s) for s in shards}
+            src.skipped = [p for p in problems.values() if p]
+            src.shards = [s for s in shards if not problems[id(s)]]
+            for p in src.skipped:
+                log.warning("skipping shard %s", p)
+            if shards and not src.shards:
+                raise FileNotFoundError(
+                    f"{where}: dataset {name!r}: none of its {len(shards)} shards can be read "
+                    f"(first: {src.skipped[0]})"
+                )
+        sources.append(src)
     header = {k: v for k, v in index.items() if k != "datasets"}
     return header, sources
 
 
 def read_shard_samples(root: str, shard: dict[str, Any]) -> dict[str, list]:
-    """Per-sample ``keys``, ``offsets``, ``num_tokens``, ``num_tiles`` of one index.json shard entry."""
+    """Per-sample ``keys``, ``offsets``, ``num_tokens``, ``num_tiles`` (and ``crc32``) of one shard entry."""
     if "samples" not in shard:  # index version 1 kept the lists inline
         return {k: shard[k] for k in ("keys", "offsets", "num_tokens", "num_tiles")}
-    return read_json(join_url(root, shard["samples"]))
+    return read_json(
+        join_url(root, confined(root, shard["samples"], join_url(root, INDEX_NAME), _is_local(root)))
+    )
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -181,13 +295,15 @@ class TarSamples:
     """Samples of one shard, read forward from byte ``offset``; ``next_offset`` is where the next starts.
 
     Members are grouped by key; after a sample is returned, the header of the next member has been
-    read already, so ``next_offset`` is exact (None at the end of the archive).
+    read already, so ``next_offset`` is exact (None at the end of the archive). ``size``: the file's
+    size when it is a local file (else None).
     """
 
     def __init__(self, url: str, offset: int = 0) -> None:
         self.url = url
         self.base = offset
         self._f = open_url(url, offset)
+        self.size = _file_size(self._f)
         self._tar = tarfile.open(fileobj=self._f, mode="r|")  # noqa: SIM115
         self._next = self._tar.next()
         self.next_offset: int | None = self._offset(self._next)

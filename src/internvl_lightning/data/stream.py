@@ -29,16 +29,20 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .encode import EncodeConfig, encode_sample
+from .fingerprint import DataChanged, changed_parts, fingerprint, settings_of
 from .memory import reuse_freed_memory
 from .meta import mixture_weights
 from .packing import Packer, sample_key
-from .sources import DatasetSource, RawSample, TarSamples, fetch_sample
+from .skips import LOG_FIRST, MAX_SKIPS_WITHOUT_BATCH, NoBatches, packer_reason, skip_reason, worth_logging
+from .sources import DatasetSource, RawSample, ShardInfo, TarSamples, fetch_sample
+from .verify import CorruptSample, ShardExpect, ShardMismatch
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 STATE_KEY = "_data_state"  # batch entry carrying the worker snapshot (removed before the model)
 MAX_LOGGED_ERRORS = 20
+
 
 # A reference to a read sample: [dataset, shard url, byte offset, tar key, epoch, pass, copy].
 Ref = list
@@ -104,6 +108,7 @@ class _Cursor:
         state = state or {"pass": 0, "unit": 0, "pos": 0, "offset": 0}
         self.pass_, self.unit, self.pos, self.offset = (state[k] for k in ("pass", "unit", "pos", "offset"))
         self._reader: TarSamples | None = None
+        self._expect: ShardExpect | None = None
         self._plan()
 
     def _plan(self) -> None:
@@ -125,7 +130,7 @@ class _Cursor:
 
     def restart(self) -> None:
         """Start the next pass (``replacement``): reshuffled units, from the beginning."""
-        self.close()
+        self._leave(None)
         self.pass_, self.unit, self.pos, self.offset = self.pass_ + 1, 0, 0, 0
         self._plan()
 
@@ -133,23 +138,57 @@ class _Cursor:
         """The next sample of this worker's share, or None when the pass is done."""
         while self.unit < len(self.units):
             copy_, shard, stop, stride, phase = self.units[self.unit]
-            url = self.src.shards[shard].url
+            info = self.src.shards[shard]
             if self.offset is not None and (stop is None or self.pos < stop):
-                try:
-                    if self._reader is None:
-                        self._reader = TarSamples(url, self.offset)
-                    raw = next(self._reader, None)
-                except Exception as e:  # a broken or unreachable shard: skip its rest, loudly
-                    self.w.note_error("shard", self.src.name, url, self.offset, None, e)
-                    raw = None
-                if raw is not None:
-                    i, self.pos, self.offset = self.pos, self.pos + 1, self._reader.next_offset  # type: ignore[union-attr]
-                    if i % stride == phase:
-                        return raw, [self.src.name, url, raw.offset, raw.key, self.w.epoch, self.pass_, copy_]
+                step = self._step(info, stride, phase, copy_)
+                if step is True:
                     continue
-            self.close()
+                if step is not False:
+                    return step
+            self._leave(info)
             self.unit, self.pos, self.offset = self.unit + 1, 0, 0
         return None
+
+    def _open(self, info: ShardInfo) -> None:
+        self._expect = info.expect() if self.w.ds.verify else None
+        self._reader = TarSamples(info.url, self.offset)
+        if self._expect is not None:
+            self._expect.check_size(self._reader.size)
+            self._expect.check_start(self.offset)
+
+    def _step(self, info: ShardInfo, stride: int, phase: int, copy_: int) -> tuple[RawSample, Ref] | bool:
+        """One sample of the current shard: the item to hand out, True to read on, False to leave it."""
+        raw = None
+        try:
+            if self._reader is None:
+                self._open(info)
+            raw = next(self._reader, None)  # type: ignore[call-overload]
+            if raw is None:
+                self.offset = None  # the archive ended
+                return False
+            i, self.pos, self.offset = self.pos, self.pos + 1, self._reader.next_offset  # type: ignore[union-attr]
+            if i % stride != phase:
+                return True
+            if self._expect is not None:
+                self._expect.check_sample(raw.key, raw.offset, raw.members.items())
+            return raw, [self.src.name, info.url, raw.offset, raw.key, self.w.epoch, self.pass_, copy_]
+        except CorruptSample as e:  # this sample only: the archive itself reads on
+            self.w.note_error("sample", self.src.name, info.url, raw.offset, raw.key, e)  # type: ignore[union-attr]
+            return True
+        except Exception as e:  # a broken, unreachable or mismatching shard: skip its rest, loudly
+            self.w.note_error("shard", self.src.name, info.url, self.offset, None, e)
+            self._expect = None
+            return False
+
+    def _leave(self, info: ShardInfo | None) -> None:
+        """Close the shard; when its archive ended, the samples read must be all that its index counts."""
+        if self._expect is not None and self.offset is None and info is not None:
+            try:
+                self._expect.check_end(self.pos)
+            except ShardMismatch as e:
+                self.w.note_error("shard", self.src.name, info.url, None, None, e)
+        self._expect = None
+        self.close()
 
 
 class _Worker:
@@ -162,18 +201,23 @@ class _Worker:
         self.stats: dict[str, Any] = {
             "read": {},
             "encoded": 0,
-            "errors": 0,
-            "shard_errors": 0,
+            "errors": 0,  # samples skipped, all reasons
+            "shard_errors": 0,  # shards (or their rest) skipped
+            "skipped": {},  # samples skipped by reason (see skip_reason)
             "last_errors": [],
         }
+        # samples skipped since the last batch (see PackedStream.max_skips_without_batch)
+        self._since_batch = 0
         self.packer = Packer(**ds.packing)
         self._refs: dict[tuple[str, str], Ref] = {}
         if state is not None and state["epoch"] < epoch:  # a finished epoch: keep only the counters
             self.stats, self.batches, state = state["stats"], state["batches"], None
+        self.stats.setdefault("skipped", {})  # states saved before skip reasons were counted
         if state is None:
             self._new_epoch()
         else:
             self._load(state)
+            self._epoch_start, self._epoch_batches = self._totals(), 1  # resumed after a batch
 
     # -- epoch / state ----------------------------------------------------------------------
     def _new_epoch(self) -> None:
@@ -183,6 +227,7 @@ class _Worker:
         self.mix_rng = _rng("mix", ds.seed, self.epoch, self.g)
         self.shuffle_rng = _rng("shuffle", ds.seed, self.epoch, self.g)
         self.buffer: list[tuple[RawSample, Ref]] = []
+        self._epoch_start, self._epoch_batches = self._totals(), 0
 
     def state(self) -> dict:
         packer = self.packer.state_dict()
@@ -237,15 +282,83 @@ class _Worker:
         self.packer.load_state_dict(st["packer"], lookup)
 
     # -- pipeline ---------------------------------------------------------------------------
+    def _totals(self) -> dict[str, int]:
+        """Running counts an epoch is judged by (see :meth:`_check_epoch`)."""
+        st = self.stats
+        return {"read": sum(st["read"].values()), "skipped": st["errors"], "shards": st["shard_errors"]}
+
     def note_error(
-        self, kind: str, dataset: str, url: str, offset: int | None, key: str | None, e: Exception
+        self,
+        kind: str,
+        dataset: str,
+        url: str | None,
+        offset: int | None,
+        key: str | None,
+        e: Exception | str,
+        reason: str | None = None,
     ) -> None:
-        """Count, log and remember (in the state) a sample or shard that had to be skipped."""
-        self.stats["shard_errors" if kind == "shard" else "errors"] += 1
+        """Count, log (rate-limited) and remember (in the state) a sample or shard that had to be skipped."""
+        st = self.stats
+        if kind == "shard":
+            st["shard_errors"] += 1
+            n = st["shard_errors"]
+        else:
+            reason = reason or skip_reason(e)
+            st["errors"] += 1
+            n = st["skipped"][reason] = st["skipped"].get(reason, 0) + 1
+            self._since_batch += 1
+        text = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
         entry = {"kind": kind, "dataset": dataset, "key": key, "url": url, "offset": offset, "error": str(e)}
-        self.stats["last_errors"] = (self.stats["last_errors"] + [entry])[-MAX_LOGGED_ERRORS:]
-        what = f"sample {dataset}:{key}" if key is not None else f"the rest of shard of {dataset}"
-        log.warning("skipping %s (%s @ %s): %s: %s", what, url, offset, type(e).__name__, e)
+        if reason is not None:
+            entry["reason"] = reason
+        st["last_errors"] = (st["last_errors"] + [entry])[-MAX_LOGGED_ERRORS:]
+        if worth_logging(n):
+            what = f"sample {dataset}:{key}" if key is not None else f"the rest of a shard of {dataset}"
+            tag = "shards" if kind == "shard" else reason
+            more = "" if n <= LOG_FIRST else f" [{n} {tag} so far; not every one is logged]"
+            log.warning("skipping %s (%s @ %s): %s%s", what, url, offset, text, more)
+        limit = self.ds.max_skips_without_batch
+        if kind != "shard" and limit and self._since_batch >= limit:
+            raise NoBatches(self._no_batch_message(f"{self._since_batch} samples in a row were skipped"))
+
+    def _drain_rejected(self) -> None:
+        """Samples the packer refused (over a budget) are skips too: count them, keep the state small."""
+        rejected = self.packer.stats["rejected"]
+        while rejected:
+            r = rejected.pop(0)
+            self.note_error(
+                "sample", r["dataset"], None, None, r["id"], r["reason"], packer_reason(r["reason"])
+            )
+
+    def _no_batch_message(self, cause: str) -> str:
+        start, now = self._epoch_start, self._totals()
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.stats["skipped"].items())) or "none"
+        last = self.stats["last_errors"][-1]["error"] if self.stats["last_errors"] else "none"
+        return (
+            f"the data stream cannot produce a batch (worker {self.g} of {self.G}, data epoch {self.epoch}): "
+            f"{cause}; this epoch read {now['read'] - start['read']} samples, skipped "
+            f"{now['skipped'] - start['skipped']} and {now['shards'] - start['shards']} shards "
+            f"(skipped so far by reason: {skipped}); last error: {last}"
+        )
+
+    def _check_epoch(self) -> None:
+        """An epoch that gave no batch would repeat forever: stop with the cause and the counts."""
+        if self._epoch_batches:
+            return
+        start, now = self._epoch_start, self._totals()
+        read, skipped, shards = (now[k] - start[k] for k in ("read", "skipped", "shards"))
+        if not (read or skipped or shards):
+            if self.ds.stop_at_epoch_end:
+                return  # this worker's share is empty (fewer samples than workers): nothing failed
+            total = sum(s.num_samples or 0 for s in self.ds.sources)
+            cause = f"this worker has no samples to read ({total} samples for {self.G} workers)"
+        elif not (read or skipped):
+            cause = f"every shard failed ({shards} skipped)"
+        elif skipped >= read:  # checksum failures are skipped before they count as read
+            cause = f"every sample failed ({skipped} skipped, {read} read)"
+        else:
+            cause = f"{read - skipped} samples were left but made no pack"
+        raise NoBatches(self._no_batch_message(cause))
 
     def _read_mixed(self) -> tuple[RawSample, Ref] | None:
         """Next sample from the mixture (reference rule: drop or restart exhausted datasets)."""
@@ -293,16 +406,21 @@ class _Worker:
 
     def _samples(self) -> Iterator[Any]:
         while (item := self._next_shuffled()) is not None:
+            self._drain_rejected()
             raw, ref = item
             sample = self._encode(raw, ref)
             if sample is not None:
                 self.stats["encoded"] += 1
                 self._refs[sample_key(sample)] = ref
                 yield sample
+        self._drain_rejected()
 
     def _batch(self, packs: list) -> dict:
+        self._drain_rejected()
         batch = self.ds.collate(packs)
         self.batches += 1
+        self._epoch_batches += 1
+        self._since_batch = 0
         local = self.g % (self.G // self.ds.world_size)
         batch.setdefault("stats", {}).update(epoch=self.epoch, worker=local)
         if self.ds.snapshots:
@@ -322,6 +440,7 @@ class _Worker:
                 yield self._batch(packs)
             for c in self.cursors:
                 c.close()
+            self._check_epoch()
             if self.ds.stop_at_epoch_end:
                 return
             self.epoch += 1
@@ -338,6 +457,11 @@ class PackedStream(IterableDataset):
     iteration (the loader counts epochs) instead of an endless stream of reseeded epochs.
     ``snapshots=False``: batches carry no resume state (validation). ``reuse_freed_memory``: tune
     the data process's allocator so each batch reuses warm pages (see :mod:`.memory`).
+    ``verify``: check shard sizes, keys at offsets, sample CRCs and counts against the index
+    (:mod:`.verify`); failures skip the sample or shard and are counted. A worker that cannot
+    produce a batch (an epoch without one, or ``max_skips_without_batch`` skipped samples in a
+    row; 0: no bound) raises :class:`NoBatches` instead of looping. ``settings``: what else
+    defines the samples (the encoder's config by default), part of :meth:`fingerprint`.
     """
 
     def __init__(
@@ -357,6 +481,9 @@ class PackedStream(IterableDataset):
         world_size: int = 1,
         snapshots: bool = True,
         reuse_freed_memory: bool = True,
+        verify: bool = True,
+        max_skips_without_batch: int = MAX_SKIPS_WITHOUT_BATCH,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not sources:
@@ -372,6 +499,8 @@ class PackedStream(IterableDataset):
         self.shuffle_shards, self.replacement = shuffle_shards, replacement
         self.stop_at_epoch_end, self.rank, self.world_size = stop_at_epoch_end, rank, world_size
         self.snapshots, self.reuse_freed_memory = snapshots, reuse_freed_memory
+        self.verify, self.max_skips_without_batch = verify, max_skips_without_batch
+        self.settings = settings if settings is not None else settings_of(encode)
         self.weights = self._weights(sqrt_weights)
         self.resume: dict[str, Any] = {}  # set by ResumableLoader: epoch, order, worker states
 
@@ -390,6 +519,12 @@ class PackedStream(IterableDataset):
             raise ValueError(f"datasets {unknown} have no sample counts: give weights (or an index.json)")
         w = mixture_weights(lengths, sqrt=sqrt)  # type: ignore[arg-type]
         return [w[s.name] for s in self.sources]
+
+    def fingerprint(self) -> dict[str, dict[str, str]]:
+        """What defines this stream, per part (see :mod:`.fingerprint`)."""
+        order = {"seed": self.seed, "shuffle_buffer": self.shuffle_buffer, "shards": self.shuffle_shards}
+        packing = {**self.packing, "batch_size": self.batch_size}
+        return fingerprint(self.sources, self.weights, self.replacement, packing, order, self.settings)
 
     def worker(self, worker: int = 0, num_workers: int = 1, state: dict | None = None) -> _Worker:
         """The pipeline of local worker ``worker`` (of ``num_workers``) on this rank."""
@@ -425,19 +560,32 @@ class ResumableLoader:
     logical worker ``(p + n) % W``. ``record_on_yield=False`` leaves the
     snapshot in the batch; call :meth:`record` when the batch is really used (a Lightning hook),
     because the trainer fetches one batch ahead.
+
+    The state carries the stream's :meth:`PackedStream.fingerprint`; loading a state saved for a
+    different stream raises :class:`DataChanged` naming the parts that differ, unless
+    ``allow_restart``: then the data order restarts (fresh workers at the saved epoch), and the
+    log says so. Either way no saved byte offset is used on data it was not taken from.
     """
 
     def __init__(
-        self, stream: PackedStream, num_workers: int = 0, record_on_yield: bool = True, **loader_kwargs: Any
+        self,
+        stream: PackedStream,
+        num_workers: int = 0,
+        record_on_yield: bool = True,
+        allow_restart: bool = False,
+        **loader_kwargs: Any,
     ) -> None:
         if loader_kwargs.get("persistent_workers"):
             raise ValueError("persistent_workers would keep stale resume states in the workers")
         self.stream, self.num_workers, self.record_on_yield = stream, num_workers, record_on_yield
+        self.allow_restart = allow_restart
         self.loader_kwargs = loader_kwargs
+        self._fingerprint = stream.fingerprint()
         self.W = max(1, num_workers)
         self._epoch, self._order, self._consumed = 0, list(range(self.W)), 0
         self._last: int | None = None  # logical worker of the last consumed batch
         self._states: dict[int, str] = {}
+        self._late: dict[int, str] = {}  # states of batches used after their epoch ended (counters only)
 
     def __iter__(self) -> Iterator[dict]:
         if self._last is not None:
@@ -460,6 +608,8 @@ class ResumableLoader:
             self._last = int(tag["worker"])
             self._states[self._last] = tag["state"]
             self._consumed += 1
+        elif tag is not None:  # not for resuming, but its counters are the epoch's final ones
+            self._late[int(tag["worker"])] = tag["state"]
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -472,6 +622,7 @@ class ResumableLoader:
             "order": list(self._order),
             "last": self._last,
             "consumed": self._consumed,  # batches consumed in all (for information)
+            "fingerprint": self._fingerprint,
             "workers": {str(k): json.loads(v) for k, v in sorted(self._states.items())},
         }
 
@@ -483,15 +634,42 @@ class ResumableLoader:
                 f"data state is for rank/world_size/num_workers {saved}, this loader has {mine}: "
                 "exact resume needs the same layout"
             )
+        self._consumed, self._late = state["consumed"], {}
+        if not self._same_stream(state.get("fingerprint"), state["epoch"]):
+            self._epoch, self._order, self._last, self._states = state["epoch"], list(range(self.W)), None, {}
+            return
         self._epoch, self._order, self._last = state["epoch"], list(state["order"]), state["last"]
-        self._consumed = state["consumed"]
         self._states = {int(k): json.dumps(v) for k, v in state["workers"].items()}
+
+    def _same_stream(self, saved: dict | None, epoch: int) -> bool:
+        """True when ``saved`` (a state's fingerprint) is this stream's; else an error or, if allowed, a restart."""
+        if saved is None:
+            log.warning("the data state has no fingerprint (an older version saved it): resuming unchecked")
+            return True
+        changed, what = changed_parts(saved, self._fingerprint)
+        if not changed:
+            return True
+        if not self.allow_restart:
+            raise DataChanged(
+                f"the data state was saved for another data stream ({', '.join(changed)} changed: {what}); "
+                "resume with the same data and settings, or accept a restart of the data order with "
+                "allow_data_restart=True (--data.allow_data_restart=true)"
+            )
+        log.warning(
+            "the data changed since the checkpoint (%s): allow_data_restart is set, so the data order "
+            "restarts from the beginning of data epoch %s (samples may repeat or be left out); changes: %s",
+            ", ".join(changed),
+            epoch,
+            what,
+        )
+        return False
 
     def worker_stats(self) -> dict[int, dict]:
         """Per worker: samples read per dataset, encoded, skipped (with the last errors), packer stats."""
         out = {}
-        for k, s in self._states.items():
-            st = json.loads(s)
+        for k in sorted(set(self._states) | set(self._late)):
+            found = [json.loads(s) for s in (self._states.get(k), self._late.get(k)) if s is not None]
+            st = max(found, key=lambda st: st["batches"])  # the newest: counters only grow
             out[k] = dict(st["stats"], epoch=st["epoch"], batches=st["batches"], packer=st["packer"]["stats"])
         return out
 

@@ -326,23 +326,46 @@ def tokenize(
     return torch.from_numpy(ids_np), torch.from_numpy(labels_np)
 
 
-def render_with_labels(input_ids, labels, tokenizer, image_token: str = IMG_CONTEXT_TOKEN) -> str:
-    """Decoded tokens with trained spans in ``[[...]]`` and ``<IMG_CONTEXT>`` runs as ``<IMG_CONTEXT>×N``.
+@dataclass(frozen=True)
+class LabelRun:
+    """A run of tokens alike in being trained and in being ``<IMG_CONTEXT>``: decoded text, or an image run."""
 
-    For previewing data. Each span is decoded separately, so a multi-byte character split across a
-    span boundary shows as replacement characters.
+    text: str  # decoded tokens (empty for an image run)
+    trained: bool
+    image_tokens: int = 0  # length of an ``<IMG_CONTEXT>`` run (0: a text run)
+
+
+def label_runs(input_ids, labels, tokenizer, image_token: str = IMG_CONTEXT_TOKEN) -> list[LabelRun]:
+    """Split a sample into maximal runs of trained / untrained text and ``<IMG_CONTEXT>`` runs.
+
+    Each run is decoded separately, so a multi-byte character split across a run boundary shows
+    as replacement characters.
     """
     ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
     labs = labels.tolist() if hasattr(labels, "tolist") else list(labels)
     ctx = tokenizer.convert_tokens_to_ids(image_token)
-    out: list[str] = []
+    out: list[LabelRun] = []
     i = 0
     while i < len(ids):
         key = (labs[i] != IGNORE_INDEX, ids[i] == ctx)
         j = i + 1
         while j < len(ids) and (labs[j] != IGNORE_INDEX, ids[j] == ctx) == key:
             j += 1
-        text = f"{image_token}×{j - i}" if key[1] else tokenizer.decode(ids[i:j], skip_special_tokens=False)
-        out.append(f"[[{text}]]" if key[0] else text)
+        if key[1]:
+            out.append(LabelRun("", key[0], j - i))
+        else:
+            out.append(LabelRun(tokenizer.decode(ids[i:j], skip_special_tokens=False), key[0]))
         i = j
+    return out
+
+
+def render_with_labels(input_ids, labels, tokenizer, image_token: str = IMG_CONTEXT_TOKEN) -> str:
+    """Decoded tokens with trained spans in ``[[...]]`` and ``<IMG_CONTEXT>`` runs as ``<IMG_CONTEXT>×N``.
+
+    For previewing data (:func:`label_runs`).
+    """
+    out = []
+    for run in label_runs(input_ids, labels, tokenizer, image_token):
+        text = f"{image_token}×{run.image_tokens}" if run.image_tokens else run.text
+        out.append(f"[[{text}]]" if run.trained else text)
     return "".join(out)

@@ -4,6 +4,10 @@ Randomness comes from one ``random.Random`` (``rng``) for everything: the frame 
 choice per interval and its fallback. The reference mixes Python's and numpy's global generators; the
 distributions are the same, and a single seeded generator makes resumed data pipelines reproducible.
 ``rng=None`` uses a fresh unseeded generator.
+
+Untrusted sizes: the frame count and frame size a container declares are checked before decoding
+(:data:`MAX_VIDEO_FRAMES`: one hour at 30 fps; :data:`MAX_FRAME_PIXELS`: 4K UHD, the largest common
+video size); over-limit videos raise :class:`MediaTooLarge`.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import io
 import os
 import random
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from internvl_lightning.constants import IMAGE_PLACEHOLDER
-from internvl_lightning.data.image import load_image, to_rgb
+from internvl_lightning.data.image import MediaTooLarge, check_pixels, load_image, to_rgb
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_VIDEO_FRAMES = 108_000  # one hour at 30 fps
+MAX_FRAME_PIXELS = 3840 * 2160  # 4K UHD
 VideoSource = bytes | bytearray | memoryview | str | os.PathLike
 
 
@@ -74,15 +81,37 @@ def _frame_number(name: str) -> tuple[int, str]:
     return (int(digits[-1]) if digits else -1, name)
 
 
-def _read_folder(path: str, t: int, sample: str, rng: random.Random) -> list[Image.Image]:
+@dataclass(frozen=True)
+class VideoLimits:
+    """Largest frame count and frame size (width x height) a video may declare; None: no limit."""
+
+    max_frames: int | None = MAX_VIDEO_FRAMES
+    max_pixels: int | None = MAX_FRAME_PIXELS
+
+    def check(self, frames: int | None, width: int, height: int, where: str) -> None:
+        """:class:`MediaTooLarge` when the declared size is over a limit."""
+        if self.max_frames is not None and frames is not None and frames > self.max_frames:
+            raise MediaTooLarge(
+                f"{where}: video declares {frames} frames, above the limit of {self.max_frames}"
+            )
+        check_pixels(width, height, self.max_pixels, where, "video frame")
+
+
+def _read_folder(
+    path: str, t: int, sample: str, rng: random.Random, limits: VideoLimits
+) -> list[Image.Image]:
     names = sorted((n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS)), key=_frame_number)
+    limits.check(len(names), 0, 0, path)
     if len(names) > t:  # the reference samples only when there are more frames than wanted
         names = [names[i] for i in frame_indices(t, len(names), sample, rng=rng)]
-    return [load_image(os.path.join(path, n)) for n in names]
+    return [load_image(os.path.join(path, n), max_pixels=limits.max_pixels) for n in names]
 
 
-def _read_gif(src: io.BytesIO | VideoSource, t: int, sample: str, rng: random.Random) -> list[Image.Image]:
+def _read_gif(
+    src: io.BytesIO | VideoSource, t: int, sample: str, rng: random.Random, limits: VideoLimits, where: str
+) -> list[Image.Image]:
     with Image.open(src) as gif:
+        limits.check(getattr(gif, "n_frames", 1), *gif.size, where)
         wanted = frame_indices(t, getattr(gif, "n_frames", 1), sample, rng=rng)
         frames = []
         for i in sorted(set(wanted)):  # the reference keeps each chosen frame once
@@ -92,14 +121,23 @@ def _read_gif(src: io.BytesIO | VideoSource, t: int, sample: str, rng: random.Ra
 
 
 def _read_av(
-    src: io.BytesIO | str, t: int, sample: str, clip: tuple[float, float] | None, rng: random.Random
+    src: io.BytesIO | str,
+    t: int,
+    sample: str,
+    clip: tuple[float, float] | None,
+    rng: random.Random,
+    limits: VideoLimits,
+    where: str,
 ) -> list[Image.Image]:
     import av
 
     with av.open(src) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 1)
+        ctx = stream.codec_context
+        limits.check(stream.frames or None, ctx.width, ctx.height, where)
         total = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+        limits.check(total, ctx.width, ctx.height, where)
     start, vlen = 0, total
     if clip:
         start = int(clip[0] * fps)
@@ -134,11 +172,13 @@ def read_video(
     clip: tuple[float, float] | None = None,
     rng: random.Random | None = None,
     where: str = "",
+    limits: VideoLimits = VideoLimits(),
 ) -> list[Image.Image]:
     """Decode sampled RGB frames from a video file/bytes (PyAV), a ``.gif`` or a folder of frames.
 
     The frame count is drawn uniformly from ``num_frames_range`` (inclusive). ``clip`` is
-    ``(start_s, end_s)`` (video files only). Failures raise ``ValueError`` naming ``where``.
+    ``(start_s, end_s)`` (video files only). Failures raise ``ValueError`` naming ``where``
+    (:class:`MediaTooLarge` when the video declares more frames or pixels than ``limits``).
     """
     rng = rng if rng is not None else random.Random()
     is_bytes = isinstance(data, bytes | bytearray | memoryview)
@@ -146,11 +186,14 @@ def read_video(
     t = rng.randint(*num_frames_range)
     try:
         if not is_bytes and os.path.isdir(data):
-            frames = _read_folder(os.fspath(data), t, sample, rng)
+            frames = _read_folder(os.fspath(data), t, sample, rng, limits)
         elif (bytes(data[:4]) == b"GIF8") if is_bytes else os.fspath(data).lower().endswith(".gif"):
-            frames = _read_gif(io.BytesIO(data) if is_bytes else data, t, sample, rng)
+            frames = _read_gif(io.BytesIO(data) if is_bytes else data, t, sample, rng, limits, where)
         else:
-            frames = _read_av(io.BytesIO(data) if is_bytes else os.fspath(data), t, sample, clip, rng)
+            src = io.BytesIO(data) if is_bytes else os.fspath(data)
+            frames = _read_av(src, t, sample, clip, rng, limits, where)
+    except MediaTooLarge:
+        raise
     except Exception as e:
         raise ValueError(f"{where}: cannot read video: {type(e).__name__}: {e}") from e
     if not frames:

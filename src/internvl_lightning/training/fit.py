@@ -10,6 +10,7 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningCLI
 
 from ..data.datamodule import InternVLDataModule
+from .data_report import DataReport
 from .module import InternVLChat
 from .wiring import link_model_to_data
 
@@ -29,6 +30,12 @@ class InternVLCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # Arguments always come explicitly from our entry point, which has consumed sys.argv.
         self.config = parser.parse_args(args)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(cb, DataReport) for cb in trainer.callbacks):
+            trainer.callbacks.append(DataReport())  # the data stream's skip counts, in every run
+        return trainer
 
 
 def run_lightning(argv: list[str]) -> None:
