@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]
+    from .logs import setup_logging
+
+    setup_logging()
     if command in LIGHTNING_COMMANDS:
         from .training.fit import run_lightning
 

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from internvl_lightning.cli import main
 from internvl_lightning.model import build_model, write_components
+from tests.helpers.recipes import CONF
 
 
 def _copy(src, dst):
@@ -32,6 +33,17 @@ def test_missing_component_directory(tiny_components, tmp_path):
         build_model(empty, llm_dir)
     with pytest.raises(ValueError, match="needs vision and llm directories"):
         build_model(vision_dir)
+
+
+def test_init_from_and_components_are_not_both_taken(tiny_components, tmp_path, capsys):
+    vision_dir, llm_dir = tiny_components
+    with pytest.raises(ValueError, match=r"init_from=.* and vision=.*, llm=.* were both given"):
+        build_model(vision_dir, llm_dir, init_from=tmp_path / "stage1" / "hf")
+    # the CLI refuses it while parsing, before any weight is read
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONF / "stage2.yaml"), f"--model.init_from={tmp_path}", f"--model.llm={llm_dir}",
+              "--data.shards=none", "--trainer.accelerator=cpu"])  # fmt: skip
+    assert f"llm={llm_dir} (components) were both given" in capsys.readouterr().err
 
 
 def test_config_weights_shape_mismatch(tiny_components, tiny_components_original, tmp_path):

@@ -172,7 +172,27 @@ def test_cli_prints_table_and_json(capsys):
     assert d["zero"] == 3 and d["packs_per_step"] == 1024 and d["memory"]["total_ckpt"] > 0
 
 
-def test_unknown_recipe_needs_explicit_zero_and_steps():
-    with pytest.raises(ValueError, match="no reference recipe"):
-        plan("4b", "1.5", gpus=512, gpu_memory_gb=80)
-    assert plan("4b", "1.5", gpus=512, gpu_memory_gb=80, zero=1, steps=10).steps == 10
+def test_presets_without_a_recipe_take_the_nearest_reference_size(capsys):
+    p = plan("4b", "1.5", gpus=512, gpu_memory_gb=80)  # the reference trains stage 1.5 for 8b / 26b
+    assert (p.zero, p.grad_acc, p.steps) == (1, 2, 100_000)
+    assert any("no stage-1.5 recipe for 4b: the 8b recipe's values" in n for n in p.notes)
+    assert plan("4b", "1.5", gpus=512, gpu_memory_gb=80, zero=2, steps=10).steps == 10
+    assert main(["plan", "--preset", "tiny"]) == 0  # stage 2 by default
+    out = capsys.readouterr().out
+    assert "preset tiny, stage 2" in out and "the 1b recipe's values" in out
+
+
+@pytest.mark.parametrize("gpus, acc", [(512, 1), (8, 64), (1, 512), (48, 11)])
+def test_fewer_gpus_keep_the_recipe_global_batch(gpus, acc):
+    p = plan("1b", "2", gpus=gpus, gpu_memory_gb=80)
+    assert p.grad_acc == acc and p.recipe_packs_per_step == 512
+    assert p.packs_per_step == gpus * acc
+    assert p.steps == round(22_000 * 512 / (gpus * acc))  # the same packs seen: 22,000 where 512 match
+    hint = f"--trainer.accumulate_grad_batches={acc}"
+    assert any(hint in n for n in p.notes), p.notes
+    if gpus * acc != 512:
+        assert any("the recipe's is 512" in n for n in p.notes)
+    # an explicit accumulation is honoured and the difference to the recipe said
+    q = plan("1b", "2", gpus=8, gpu_memory_gb=80, grad_acc=4)
+    assert q.packs_per_step == 32 and q.steps == 22_000 * 16
+    assert any("global batch 32 packs, the recipe's is 512" in n for n in q.notes)

@@ -74,6 +74,20 @@ def _resize_vocab(sd: Tensors, old_n: int, new_n: int) -> Tensors:
     return out
 
 
+def check_sources(
+    vision: PathLike | None, llm: PathLike | None, mlp: PathLike | None, init_from: PathLike | None
+) -> None:
+    """A model comes from components or from a full VLM, never both: ``init_from`` would silently
+    win over the component dirs."""
+    given = [f"{name}={d}" for name, d in (("vision", vision), ("llm", llm), ("mlp", mlp)) if d is not None]
+    if init_from is not None and given:
+        raise ValueError(
+            f"init_from={init_from} (a full VLM) and {', '.join(given)} (components) were both given; "
+            "pass either --model.init_from=DIR or --model.vision=DIR --model.llm=DIR [--model.mlp=FILE], "
+            "not both (set the other to null)"
+        )
+
+
 def build_model(
     vision: PathLike | None = None,
     llm: PathLike | None = None,
@@ -106,6 +120,7 @@ def build_model(
     see ``hub.py``). ``trust_remote_code``: let a tokenizer defined by its own code
     (``tokenization_*.py``) run it.
     """
+    check_sources(vision, llm, mlp, init_from)
     vision, llm, init_from = (None if d is None else model_dir(d) for d in (vision, llm, init_from))
     for d in (vision, llm):
         if init_from is None and d is not None and vlm_layout(d) is not None:

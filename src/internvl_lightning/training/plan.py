@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 from .flops import PEAK_BF16_FLOPS, FlopsModel, trained_parts
 from .freeze import FreezeSchedule, parameter_table
+from .global_batch import accumulation
 from .strategy import zero_config
 
 GIB = 2**30
@@ -50,6 +51,9 @@ STAGE_FREEZE = {
     "1.5": dict(freeze_llm=True),  # ViT + MLP
     "2": {},  # everything
 }
+
+
+RECIPE_GPUS = 512  # every reference stage script: 64 nodes x 8 GPUs, one pack per GPU
 
 
 class Recipe(NamedTuple):
@@ -74,6 +78,22 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("38b", "2"): Recipe(3, 1, 5_500),
     ("78b", "2"): Recipe(3, 1, 5_500, bucket_size=int(1e8)),  # zero_stage3_config_100b_1e8
 }
+
+
+def nearest_recipe(preset: str, stage: str) -> tuple[str, Recipe] | None:
+    """The reference recipe of this stage for the preset, else that of the reference size whose LLM
+    is closest (hidden size x layers) - a starting point for presets the reference did not train."""
+    from ..model.presets import get_preset
+
+    if (preset, stage) in RECIPES:
+        return preset, RECIPES[(preset, stage)]
+    sizes = [size for size, st in RECIPES if st == stage]
+    if not sizes:
+        return None
+    shape = lambda name: get_preset(name).llm.hidden_size * get_preset(name).llm.num_layers  # noqa: E731
+    mine = shape(preset)
+    size = min(sizes, key=lambda name: abs(shape(name) - mine))
+    return size, RECIPES[(size, stage)]
 
 
 @dataclass
@@ -127,6 +147,8 @@ class Plan:
     step_seconds: float
     steps: int
     days: float
+    grad_acc: int = 1
+    recipe_packs_per_step: int | None = None  # the reference recipe's global batch, if there is one
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -168,7 +190,7 @@ def _largest_module(model) -> int:
 
 def plan(
     preset: str,
-    stage: str | float,
+    stage: str | float = "2",
     gpus: int = 512,
     gpu_memory_gb: float = 80.0,
     zero: int | None = None,
@@ -189,15 +211,18 @@ def plan(
     Every formula is in the docstring of ``training/plan.py``.
 
     Args:
-        preset: 1b, 2b, 4b, 8b, 26b, 38b, 78b (or tiny).
+        preset: 1b, 2b, 4b, 8b, 26b, 38b, 78b (or any other preset: tiny, internvl3-2b, ...;
+            those take the recipe of the nearest reference size, named in a note).
         stage: 1, 1.5 or 2.
-        gpus: data-parallel GPUs (512 = 64 nodes x 8).
+        gpus: data-parallel GPUs (512 = 64 nodes x 8, the recipes' scale).
         gpu_memory_gb: memory of one GPU in GiB.
         zero: ZeRO stage, 0 for plain DDP (default: the reference recipe's).
         mfu: assumed model FLOPs utilisation.
         tokens_per_step: LLM tokens per optimizer step (default gpus x pack_tokens x grad_acc).
-        grad_acc: gradient accumulation (default: the recipe's; 2 in stage 1.5).
-        steps: optimizer steps of the stage (default: the recipe's).
+        grad_acc: gradient accumulation (default: the one that keeps the recipe's global batch on
+            ``gpus`` GPUs: the recipe's own on 512, 64 on 8, 512 on one; 2x that in stage 1.5).
+        steps: optimizer steps of the stage (default: the recipe's, scaled so the same number of
+            packs is seen when the global batch differs from the recipe's).
         peak_tflops: dense bf16 peak of one GPU in TFLOP/s (default H100, 989).
         pack_tokens: tokens per pack.
         tiles_per_pack: tiles per pack.
@@ -211,17 +236,41 @@ def plan(
     stage = {"1.0": "1", "2.0": "2"}.get(str(stage), str(stage))
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    recipe = RECIPES.get((preset, stage))
-    if recipe is None and (zero is None or steps is None):
-        raise ValueError(
-            f"no reference recipe for preset {preset!r} stage {stage}; pass zero and steps explicitly"
-        )
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+    notes = []
+    found = nearest_recipe(preset, stage)
+    if found is None and (zero is None or steps is None):
+        raise ValueError(f"no reference recipe for stage {stage}; pass zero and steps explicitly")
+    recipe, recipe_packs = None, None
+    if found is not None:
+        source, recipe = found
+        recipe_packs = RECIPE_GPUS * recipe.grad_acc
+        if source != preset:
+            notes.append(
+                f"the reference has no stage-{stage} recipe for {preset}: the {source} recipe's values "
+                f"(ZeRO-{recipe.zero}, {recipe_packs} packs per step, {recipe.steps:,} steps)"
+            )
     zero = zero if zero is not None else recipe.zero
-    grad_acc = grad_acc or (recipe.grad_acc if recipe else 1)
-    steps = steps if steps is not None else recipe.steps
+    grad_acc = grad_acc or (accumulation(recipe_packs, gpus) if recipe else 1)
+    if steps is None:  # the same packs as the recipe: fewer steps when each step takes more
+        steps = round(recipe.steps * recipe_packs / (gpus * grad_acc))
     bucket_size = bucket_size or (recipe.bucket_size if recipe else None)
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"zero must be 0 (plain DDP), 1, 2 or 3, got {zero}")
+    if recipe_packs is not None:
+        match = accumulation(recipe_packs, gpus)
+        if gpus * grad_acc == recipe_packs:
+            notes.append(
+                f"global batch {recipe_packs} packs as in the recipe: {gpus} GPU(s) x accumulate {grad_acc} "
+                f"(--trainer.accumulate_grad_batches={grad_acc})"
+            )
+        else:
+            notes.append(
+                f"global batch {gpus * grad_acc} packs, the recipe's is {recipe_packs} "
+                f"({gpus * grad_acc / recipe_packs:.2g}x); --trainer.accumulate_grad_batches={match} on "
+                f"{gpus} GPU(s) comes closest"
+            )
 
     p = get_preset(preset)
     model = meta_model(p)  # shapes only; nothing allocated
@@ -285,9 +334,8 @@ def plan(
     peak = peak_tflops * 1e12 if peak_tflops else PEAK_BF16_FLOPS["H100"]
     step_seconds = step_flops / (gpus * peak * mfu)
 
-    notes = []
     if recipe is None:
-        notes.append("no reference recipe for this preset/stage: zero and steps as given")
+        notes.append("no reference recipe for this stage: zero and steps as given")
     if stage != "2":
         notes.append(f"stage {stage} max_steps {steps:,} is a cap in the reference; the data decides")
     return Plan(
@@ -314,6 +362,8 @@ def plan(
         step_seconds=step_seconds,
         steps=steps,
         days=steps * step_seconds / 86400,
+        grad_acc=grad_acc,
+        recipe_packs_per_step=recipe_packs,
         notes=notes,
     )
 
@@ -361,6 +411,7 @@ def format_plan(pl: Plan) -> str:
         f"{'time':<34}{'value':>16}",
         f"{'tokens per step':<34}{pl.tokens_per_step:>16,.0f}",
         f"{'packs per step (x ' + str(pl.tiles_per_pack) + ' tiles)':<34}{pl.packs_per_step:>16,.0f}",
+        f"{'= GPUs x accumulation':<34}{f'{pl.gpus} x {pl.grad_acc}':>16}",
         f"{'TFLOP per pack (6N+attn+ViT)':<34}{pl.flops_per_pack / 1e12:>16,.1f}",
         f"{'PFLOP per step':<34}{pl.step_flops / 1e15:>16,.1f}",
         f"{'MFU x peak TFLOP/s per GPU':<34}{f'{pl.mfu:g} x {pl.peak_flops / 1e12:g}':>16}",

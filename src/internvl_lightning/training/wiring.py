@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..hub import model_dir
+from ..model.build import check_sources
 from ..model.config import tokens_per_tile as tile_tokens
 from ..model.config import vision_geometry
 from ..model.load import load_vision_config, read_config
@@ -19,6 +20,7 @@ from ..model.presets import get_preset
 def _vision(vision: str | None, init_from: str | None, preset: str | None) -> tuple[Any, float | None]:
     """The vision encoder a run will build (a config, a config dict or a preset) and the stored
     downsample ratio, if any."""
+    check_sources(vision, None, None, init_from)  # parse time: before any weight is read
     if init_from:
         raw = read_config(model_dir(init_from), "init_from")
         return raw.get("vision_config", raw), raw.get("downsample_ratio")
@@ -33,6 +35,7 @@ def _vision(vision: str | None, init_from: str | None, preset: str | None) -> tu
 def tokenizer_dir(llm: str | None, init_from: str | None) -> str | None:
     """The tokenizer goes with the weights: a previous stage's dir, else the LLM dir (a hub id:
     its local snapshot)."""
+    check_sources(None, llm, None, init_from)
     source = init_from or llm
     return None if source is None else str(model_dir(source))
 
