@@ -39,8 +39,8 @@ def test_evaluate_end_to_end(tiny_vlm_dir, bench_files, tmp_path, benchmark):
     text = md.read_text()
     assert "| benchmark | samples | scored | score | InternVL2.5-8B" in text and "| difference |" in text
     published = {"mmbench": None, "mmmu": 56.0, "mathvista": 64.4, "vqa": 79.1}[benchmark]
-    if published is None:  # MMBench-dev-en v1.0: no published number found
-        assert "| n/a | n/a |" in text and "no published number found" in text
+    if published is None:  # MMBench-dev-en v1.0: no table of the reports has a column for it
+        assert "| n/a | n/a |" in text and "not published: no column for it in " in text
     else:
         assert f"| {published:.1f} | {result.score - published:+.1f} |" in text
         assert "arXiv:2412.05271" in text and "OpenGVLab/InternVL2_5-8B" in text
@@ -122,7 +122,8 @@ def test_baselines():
     }
     assert lookup("4b", "mmmu")["score"] == 52.3 and "Table 6" in lookup("4b", "mmmu")["source"]
     gap = lookup("4b", "mmbench_dev_en_v11")  # no table publishes it: a gap, said so, not a guess
-    assert gap["score"] is None and gap["source"] == "no published number found"
+    assert gap["score"] is None and gap["source"].startswith("not published: no column for it in ")
+    assert "paper-2.5-t9" in gap["source"]  # the tables that were read, named
     assert lookup("InternVL3.5-8B", "mmbench_dev_en_v11")["model"] == "InternVL3.5-8B"
     assert baseline_key("vqa", "data/docvqa_val.jsonl") == "docvqa" and baseline_key("vqa", "x.jsonl") is None
     assert baseline_key("mmbench", "MMBench_DEV_EN_V11.tsv") == "mmbench_dev_en_v11"

@@ -3,7 +3,8 @@
 The model comes from ``baseline`` ("internvl2.5-8b", "internvl3.5-2b"; a bare size such as "8b"
 means InternVL2.5) or is guessed from the parameter count: the published model whose count is
 nearest in ratio, if within 25%; otherwise (a tiny or custom model) no baseline is shown.
-A benchmark with no published number found gives a baseline with score None, said so in the report.
+A benchmark without a number gives a baseline with score None, and the report says why: none of
+the model's tables read has a column for it ("not published"), or none was found.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _VQA_NAMES = (
 GUESS_TOLERANCE = 0.25
 DEFAULT_FAMILY = "internvl2.5"
 NOT_FOUND = "no published number found"
+NOT_PUBLISHED = "not published: no column for it in "  # + the tables read for that model
 
 
 @lru_cache(maxsize=1)
@@ -90,12 +92,19 @@ def lookup(model: str | None, key: str | None) -> dict[str, Any] | None:
     t = table()
     if key is None or key not in t["benchmarks"]:
         return None
-    found = t["models"][name]["scores"].get(key)
+    entry = t["models"][name]
+    found = entry["scores"].get(key)
+    if found is not None:
+        source = t["sources"][found["source"]]
+    elif key in entry.get("not_published", ()):
+        source = NOT_PUBLISHED + ", ".join(entry.get("tables_read", ()))
+    else:
+        source = NOT_FOUND
     return {
         "model": _display(name),
         "benchmark": t["benchmarks"][key],
         "score": None if found is None else found["score"],
-        "source": NOT_FOUND if found is None else t["sources"][found["source"]],
+        "source": source,
     }
 
 

@@ -113,11 +113,13 @@ def export_checkpoint(
         llm_arch = (record["llm_config"].get("architectures") or [None])[0]
     given = {"template": template, "normalization": normalization, "max_dynamic_patch": max_dynamic_patch}
     settings = {k: v if v is not None else record.get(k) for k, v in given.items()}
+    settings["min_dynamic_patch"] = record.get("min_dynamic_patch")  # the tile range as trained
     settings = {k: v for k, v in settings.items() if v is not None}
     torch_dtype = getattr(torch, dtype) if dtype else None
     if layout == "hf":
         return Path(export_hf(model, out_dir, tok, dtype=torch_dtype, **settings))
     if torch_dtype is not None:
         model = model.to(torch_dtype)
-    settings.pop("normalization", None)  # the original layout has no field for it
+    for key in ("normalization", "min_dynamic_patch"):  # the original layout has no field for them
+        settings.pop(key, None)
     return Path(export_original(model, out_dir, tok, llm_arch=llm_arch, code_from=code_from, **settings))
