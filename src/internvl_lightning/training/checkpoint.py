@@ -5,7 +5,9 @@ A checkpoint is written under a hidden staging name and renamed into place only 
 has finished writing, so a save killed midway never becomes a checkpoint, let alone "last".
 Renaming works the same for a single file (DDP, one device) and a directory (DeepSpeed, FSDP2
 distributed checkpoints). With `save_last="link"` (the stage recipes), `last.ckpt` is a symlink
-swapped atomically to the newest complete checkpoint; no state is written twice.
+swapped atomically to the newest complete checkpoint; no state is written twice. Each checkpoint
+carries SHA-256 checksums (`integrity.py`) that resume verifies; `ckpt_path="last"` resumes the
+newest intact checkpoint of the run, and SIGTERM saves one before the process exits (`preempt.py`).
 
 Lightning does not checkpoint RNG states; `RngState` saves every rank's (torch, CUDA, numpy,
 Python) and restores them just before the first resumed batch, so dropout / drop path draw the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 from weakref import proxy
@@ -27,10 +30,14 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
 from ..model.load import load_vlm_and_tokenizer
 from ..tokenizer import TokenizerSource, load_tokenizer
+from . import console
+from .integrity import SUFFIX, VERIFY_LEVELS, newest_intact, record, verify
+from .preempt import Preempted, SigtermStop
 from .wiring import tokenizer_dir
 
 STAGING = ".staging-"  # a save in progress (never matches Lightning's "last*.ckpt" pattern)
@@ -108,38 +115,131 @@ def recover(dirpath: str | Path) -> list[str]:
             else:
                 os.rename(p, final)
                 notes.append(f"restored {final.name}")
+    for p in sorted(dirpath.glob("*" + SUFFIX)):  # the checksums of a save that was never published
+        if not p.with_name(p.name[: -len(SUFFIX)]).exists():
+            p.unlink()
+            notes.append(f"removed the checksums of an unpublished save ({p.name})")
     return notes
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose saves are all-or-nothing (same arguments).
+    """`ModelCheckpoint` whose saves are all-or-nothing, checksummed, and resumable by name.
 
-    Every save goes to `.staging-<name>`; after all ranks have written, global rank 0 renames it
-    to `<name>` and, for `save_last="link"`, swaps the `last.ckpt` symlink. A crash at any point
-    leaves `last.ckpt` on the previous complete checkpoint; leftovers are cleaned at the next start.
-    Assumes checkpoints go to a filesystem every rank shares (as DeepSpeed's sharded saves do).
+    Same arguments as `ModelCheckpoint`, plus:
+        verify: how `--ckpt_path` checkpoints are checked before resuming: "sha256" (sizes and
+            contents; every rank reads the checkpoint once more), "size" (cheap: catches truncated
+            and missing files, for very large sharded checkpoints) or "none".
+        save_on_sigterm: on SIGTERM, save the current state (if newer than the last checkpoint),
+            then exit with status 143 (see `preempt.py`).
+
+    Every save goes to `.staging-<name>`; after all ranks have written, the ranks hash it (a
+    `<name>.sha256.json` sidecar, `integrity.py`), then global rank 0 renames it to `<name>` and,
+    for `save_last="link"`, swaps the `last.ckpt` symlink. A crash at any point leaves `last.ckpt`
+    on the previous complete checkpoint; leftovers are cleaned at the next start. Assumes
+    checkpoints go to a filesystem every rank shares (as DeepSpeed's sharded saves do).
+
+    `dirpath` defaults to `<trainer.default_root_dir>/checkpoints` (not the logger's new
+    `version_N` dir of each run), so the same command run again finds the run's checkpoints:
+    `ckpt_path="last"` resumes from the newest intact one, falls back (with a warning) when
+    `last` is corrupt, truncated or dangling, starts from scratch with a warning when there is
+    none yet, and refuses to start when checkpoints exist but none is intact.
 
     Two more guarantees for `save_last="link"`: the link moves to a new checkpoint before top-k
     rotation deletes the old one (never dangling), and a state newer than the newest checkpoint
     (the end of training) is saved as a checkpoint rather than linking "last" to an older one.
     """
 
+    def __init__(
+        self, *args: Any, verify: str = "sha256", save_on_sigterm: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if verify not in VERIFY_LEVELS:
+            raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
+        self.verify = verify
+        self.save_on_sigterm = save_on_sigterm
+        self._sigterm = SigtermStop()
+        self._verified: set[str] = set()  # resolved by "last": already checked
+        self._start_step = 0
+
     def _links_last(self) -> bool:
         return self.save_last == "link" and self.save_top_k != 0
 
+    def run_dirpath(self, trainer: L.Trainer) -> Path:
+        """Where this run's checkpoints are: `dirpath`, else `<default_root_dir>/checkpoints`."""
+        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(self.run_dirpath(trainer))
         super().setup(trainer, pl_module, stage)
+        self._verify_before_loading(trainer)
         if trainer.is_global_zero and self.dirpath:
             for note in recover(self.dirpath):
                 rank_zero_warn(f"checkpoint directory {self.dirpath}: {note}")
         trainer.strategy.barrier("atomic_checkpoint_setup")
 
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:  # Lightning's, in setup
+        if not self._verified:  # resuming the run's own checkpoints: of course they are there
+            super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
+
+    # ---- resume ------------------------------------------------------------------------------
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        """What `ckpt_path="last"` resumes from: the newest intact checkpoint of this run (or none)."""
+        dirpath = self.run_dirpath(trainer)
+        choice = newest_intact(dirpath, self.verify, self.CHECKPOINT_NAME_LAST)
+        if choice.chosen is None and not choice.candidates:
+            _quiet_lightning_no_last_warning()
+            console.warning(f"--ckpt_path=last: no checkpoint in {dirpath} yet; starting from scratch")
+            return set()
+        if choice.chosen is None:
+            found = "; ".join(f"{_named(v.path)} is {v.problem}" for v in choice.rejected)
+            raise RuntimeError(
+                f"--ckpt_path=last: no intact checkpoint in {dirpath} (found {len(choice.candidates)}: "
+                f"{found}). Not starting from step 0 over them: restore a checkpoint, or move the "
+                "directory away to start afresh."
+            )
+        chosen = choice.chosen.path
+        if choice.rejected:
+            why = "; ".join(f"{_named(v.path)} is {v.problem}" for v in choice.rejected)
+            console.warning(
+                f"--ckpt_path=last: {why}; resuming from {chosen.name}, the newest intact checkpoint"
+            )
+        if choice.chosen.unverified:
+            console.warning(f"{chosen} has no checksum file: resuming from it unverified")
+        self._verified.add(os.path.abspath(chosen))
+        return {os.path.normpath(str(chosen))}
+
+    def check_resumable(self, trainer: L.Trainer, path: str | Path) -> None:
+        """Refuse to resume from a checkpoint that is not what was written (an explicit --ckpt_path)."""
+        if os.path.abspath(path) in self._verified or not Path(path).exists():
+            return  # resolved from "last" (checked there), or not a local path: the loader says
+        verdict = verify(path, self.verify)
+        if not verdict.intact:
+            raise RuntimeError(f"cannot resume from {path}: it is {verdict.problem}")
+        if verdict.unverified and Path(path).parent == self.run_dirpath(trainer):
+            console.warning(f"{path} has no checksum file: resuming from it unverified")
+
+    def _verify_before_loading(self, trainer: L.Trainer) -> None:
+        """Have the strategy check a checkpoint before it reads it (any strategy, any path)."""
+        strategy, load = trainer.strategy, trainer.strategy.load_checkpoint
+        if getattr(load, "verifies_checkpoints", False):
+            return
+
+        def verified_load(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+            self.check_resumable(trainer, checkpoint_path)
+            return load(checkpoint_path, *args, **kwargs)
+
+        verified_load.verifies_checkpoints = True  # type: ignore[attr-defined]
+        strategy.load_checkpoint = verified_load
+
+    # ---- saving ------------------------------------------------------------------------------
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         staged = os.path.join(os.path.dirname(filepath), STAGING + os.path.basename(filepath))
         if trainer.is_global_zero:
             _remove(Path(staged))  # left by a crash of this very run (names repeat after a resume)
         trainer.strategy.barrier("atomic_checkpoint_stage")
         trainer.save_checkpoint(staged, self.save_weights_only)  # every rank writes, then a barrier
+        record(Path(staged), Path(filepath))  # every rank hashes its share; rank 0 writes the sidecar
         if trainer.is_global_zero:
             publish(staged, filepath)
         trainer.strategy.barrier("atomic_checkpoint_publish")
@@ -159,11 +259,70 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 return
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            Path(filepath).with_name(Path(filepath).name + SUFFIX).unlink(missing_ok=True)
+
     @staticmethod
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
             link(filepath, linkpath)
         trainer.strategy.barrier("atomic_checkpoint_link")
+
+    def save_now(self, trainer: L.Trainer) -> None:
+        """Save the current state as a checkpoint (and move "last"), unless it is already saved."""
+        if self._last_global_step_saved == trainer.global_step or trainer.global_step == self._start_step:
+            return  # nothing new since the last save (or since the resumed checkpoint)
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        if not self._links_last():
+            super()._save_last_checkpoint(trainer, candidates)
+
+    # ---- SIGTERM -----------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start_step = trainer.global_step
+        if self.save_on_sigterm:
+            self._sigterm.install(trainer.world_size)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kw: Any
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kw)
+        if not self.save_on_sigterm:
+            return
+        asked = trainer.received_sigterm or self._sigterm.requested
+        if trainer.world_size > 1:  # every rank stops (and saves, a collective) at the same batch
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if asked:
+            raise Preempted(f"after step {trainer.global_step}")  # on_exception saves
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._sigterm.restore()
+        if self.save_on_sigterm and isinstance(exception, (Preempted, SIGTERMException)):
+            self.save_now(trainer)
+            saved = (
+                self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else None
+            )
+            where = f"; checkpoint {saved}" if saved else "; no newer state to save"
+            console.info(f"{exception or 'stopped by SIGTERM'} (step {trainer.global_step}){where}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._sigterm.restore()
+
+
+def _named(path: Path) -> str:
+    """A checkpoint's name, with a link's target: `last.ckpt (-> epoch=0-step=4.ckpt)`."""
+    return f"{path.name} (-> {os.readlink(path)})" if path.is_symlink() else path.name
+
+
+def _quiet_lightning_no_last_warning() -> None:
+    """Lightning repeats "no last checkpoint available" with a hint that does not apply here."""
+    warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there is no last checkpoint')
 
 
 # ---- RNG states ---------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ..model.build import build_model
 from ..model.forward import vlm_hidden_states
+from . import console
+from .fault import NonFiniteMonitor
 from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .loss import per_sample_losses, weighted_loss
@@ -54,6 +56,9 @@ class InternVLChat(L.LightningModule):
             adapters' input.
         peak_flops: accelerator peak FLOP/s for MFU; detected for known GPUs when None.
         seed: initialisation seed of the new projector.
+        max_consecutive_nonfinite: the non-finite guard, always on: an optimizer step whose loss,
+            gradients, loss weights or labels are not finite is skipped (and printed, counted in
+            ``train/skipped_steps``); this many in a row stop the run (``fault.py``).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class InternVLChat(L.LightningModule):
         lora_dropout: float = 0.05,
         peak_flops: float | None = None,
         seed: int = 0,
+        max_consecutive_nonfinite: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -99,6 +105,7 @@ class InternVLChat(L.LightningModule):
         self._flops: FlopsModel | None = None
         self._trained: dict = {}  # step_flops' keyword arguments: which parts train
         self._t_last: float | None = None
+        self.nonfinite = NonFiniteMonitor(max_consecutive_nonfinite)
 
     # ---- model ----------------------------------------------------------------------------
     @property
@@ -189,9 +196,37 @@ class InternVLChat(L.LightningModule):
             denom = denom / dist.get_world_size()
         return denom, scale
 
+    def _checked_targets(
+        self, labels: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Labels and weights safe to compute a loss with, and whether the batch had bad ones.
+
+        Non-finite weights and labels that are no token id (NaN, out of the vocabulary) are
+        noted as a non-finite step; they are masked so the loss kernel never sees them. No host sync.
+        """
+        vocab = self.model.lm_head.out_features
+        if labels.is_floating_point():
+            finite = torch.isfinite(labels)
+            labels = torch.where(finite, labels, -100).long()
+            bad_labels = ~finite.all()
+        else:
+            bad_labels = torch.zeros((), dtype=torch.bool, device=labels.device)
+        valid = (labels == -100) | ((labels >= 0) & (labels < vocab))
+        bad_labels = bad_labels | ~valid.all()
+        self.nonfinite.note("labels", bad_labels)
+        bad = bad_labels
+        labels = torch.where(valid, labels, -100)
+        if weights is not None:
+            finite = torch.isfinite(weights)
+            bad_weights = ~finite.all()
+            self.nonfinite.note("loss_weight", bad_weights)
+            bad = bad | bad_weights
+            weights = torch.where(finite, weights, 0.0)
+        return labels, weights, bad
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hidden = self(batch)
-        labels, weights = batch["labels"], batch.get("loss_weight")
+        labels, weights, bad = self._checked_targets(batch["labels"], batch.get("loss_weight"))
         local = (
             (weights[:, 1:] * (labels[:, 1:] != -100)).sum()
             if weights is not None
@@ -201,6 +236,9 @@ class InternVLChat(L.LightningModule):
         loss, wsum = self.lm_head_scope(
             weighted_loss, hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size
         )
+        # A bad batch gives NaN gradients everywhere, so that every strategy (DeepSpeed's overflow
+        # check included) skips the step; otherwise this adds exactly zero.
+        loss = loss + torch.where(bad, float("nan"), 0.0) * hidden.float().sum()
         # What we show is this micro-batch's own weighted mean, comparable across steps.
         shown = loss.detach() * denom / wsum.clamp_min(1e-12)
         self.log("train/loss", shown, prog_bar=True, on_step=True, batch_size=1)
@@ -242,7 +280,11 @@ class InternVLChat(L.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.nonfinite.before_backward(loss)
+
     def on_before_optimizer_step(self, optimizer) -> None:
+        self.nonfinite.before_optimizer_step(self.trainer, optimizer)  # may drop the gradients
         if isinstance(self.trainer.strategy, DeepSpeedStrategy):
             return  # ZeRO keeps gradients out of param.grad: logged after the step (on_train_batch_end)
         norms = [
@@ -276,7 +318,27 @@ class InternVLChat(L.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics({key: value}, step=0)
 
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.nonfinite.batch_start(self.trainer)
+
+    def on_train_end(self) -> None:
+        line = self.nonfinite.summary(self.trainer.global_step)
+        if line:
+            console.info(line)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("nonfinite")
+        if state is None:  # written when the count lived in the NonFiniteGuard callback
+            state = next(
+                (v for k, v in (checkpoint.get("callbacks") or {}).items() if "NonFiniteGuard" in k), {}
+            )
+        self.nonfinite.load_state_dict(state)
+
     def on_train_batch_end(self, outputs, batch: dict[str, Any], batch_idx: int) -> None:
+        self.nonfinite.batch_end(self.trainer, self)  # counts a skipped step; may stop the run
         now = time.perf_counter()
         stats = batch.get("stats") or {}
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)

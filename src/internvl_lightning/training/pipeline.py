@@ -97,9 +97,10 @@ def run_stage(spec: StageSpec, stage_dir: Path, init_from: Path | None) -> Path:
     config = stage_dir / "stage.yaml"
     config.write_text(yaml.safe_dump(stage_config(spec, stage_dir, init_from), sort_keys=False))
     args = ["fit", "--config", str(config)]
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
-        args.append(f"--ckpt_path={last}")
+    checkpoints = stage_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        # "last": the newest intact checkpoint, or a clear error; never step 0 over a broken last.ckpt
+        args.append("--ckpt_path=last")
     run_lightning(args)
     if not is_complete(stage_dir):
         raise RuntimeError(f"stage {spec.name} ended without writing its output in {stage_dir / 'hf'}")

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 
 from ..model.lora import adapter_scalings, fold_adapters
+from .safe_load import make_loads_safe
 
 # ZeRO-3 persistence threshold per model size in the reference configs (34b/70b: 1e5, 100b: 1e4).
 PERSISTENCE_THRESHOLD = {"default": int(1e7), "34b": int(1e5), "70b": int(1e5), "100b": int(1e4)}
@@ -104,6 +105,9 @@ class ZeroStrategy(DeepSpeedStrategy):
     partitions one parameter at a time (`model/zero3.py`); a stage output (`init_from`) loads
     through transformers' own ZeRO-3 path. `sharded_init=False` builds the whole model on every
     rank first instead (host memory: one full copy per rank).
+
+    Resuming reads DeepSpeed's checkpoint files weights-only (`safe_load.py`): a tampered file
+    cannot run code, it is refused with the name of what it references.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class ZeroStrategy(DeepSpeedStrategy):
         self.sharded_init = sharded_init
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
+        if getattr(self.deepspeed_engine, "checkpoint_engine", None) is not None:
+            make_loads_safe(self.deepspeed_engine)  # before DeepSpeed reads any file
         # A checkpoint saved with exclude_frozen_parameters lacks the frozen weights by design (they
         # come from the components again in configure_model): load the rest non-strictly.
         module = self.lightning_module
