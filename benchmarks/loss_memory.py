@@ -2,15 +2,17 @@
 
 Shapes: hidden 896 (Qwen2.5-0.5B), vocabulary 151,674 (Qwen2.5 + InternVL's tokens), fp32 on CPU,
 every position trained (the worst case for the chunked loss, which only computes logits where a
-label is trained). Variants, each in its own subprocess (peak RSS is a per-process high-water mark):
+label is trained). Variants:
 
 - ``full``: what transformers' ``ForCausalLM`` does: ``logits = lm_head(hidden)`` for every position
-  (kept alive: the model output returns them), cross-entropy over all of them;
-- ``chunked``: ``training/loss.py::weighted_loss`` at a chunk size.
+  (kept alive: the model output returns them), cross-entropy over all of them, autograd backward;
+- ``chunked``: ``training/loss.py::weighted_loss`` at a chunk size (gradients computed chunk by
+  chunk during the forward pass, nothing recomputed).
 
 Peak = the resident high-water mark (``VmHWM``, reset just before; see :func:`_reset_peak`) after
 forward + backward minus the resident size just before, with inputs, the output layer and both
-gradient buffers already allocated (a training step holds those anyway).
+gradient buffers already allocated (a training step holds those anyway), each variant in its own
+subprocess (peak RSS is a per-process high-water mark).
 
 Full logits at 16,384 tokens need ~37 GiB (more than this machine has) and each variant's matrix
 products take many minutes on two cores, so the 16,384-token figure is projected from a memory
@@ -23,10 +25,14 @@ output layer's (vocab x hidden) gradient buffers):
 - fixed from one run per variant at the real shape (hidden 896) and 512 tokens, chunk 128 (the
   module's token/chunk ratio 16384/4096); these runs also give the loss and gradient parity.
 
-The chunked run at chunk 128 peaks in its gradient-buffer phase, not its chunk phase, so adding
-its whole fixed part to the chunk buffers over-states the chunked peak: the projection is an upper
-bound. Targets: projected chunked peak <= 25% of full logits at 16,384 tokens / chunk 4096, losses
-equal within 1e-5.
+Time: at that real shape in one subprocess with one torch thread, alternating full logits, the
+chunked loss at chunk 128 and at one chunk of 512 (after one untimed pass each); each chunked
+time is divided by the full-logits time beside it and the medians of these paired ratios enter a
+time model, ``a`` per row plus ``b`` per chunk, projected to 16,384 tokens / chunk 4096 (see
+:func:`time_ratio`): CPU products of 128 rows run slower than of 512, so the scaled-down chunk
+128 alone would overstate the cost of chunk 4096. Targets: projected time <= 1.05x and projected
+peak <= 25% of full logits at 16,384 tokens / chunk 4096; loss equal within 1e-5, gradients
+within 1e-6.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from pathlib import Path
 
 HIDDEN, VOCAB = 896, 151674
 PRODUCTION_TOKENS, PRODUCTION_CHUNK = 16384, 4096
-TARGET_RATIO, LOSS_ATOL = 0.25, 1e-5
+TARGET_RATIO, TARGET_TIME, LOSS_ATOL, GRAD_ATOL = 0.25, 1.05, 1e-5, 1e-6
 ROW_BYTES = VOCAB * 4  # one fp32 row of logits
 SMALL_HIDDEN = 64  # hidden size of the runs that measure k
 
@@ -71,12 +77,24 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) -> None:
-    """One measurement in this process; writes loss, gradient probes, peak and time to ``out``."""
-    import torch
+def _loss(variant: str, hidden, lm_head, labels, weights, chunk: int):
+    """(loss, what the caller keeps alive through backward) of one variant, forward only."""
     import torch.nn.functional as F
 
     from internvl_lightning.training.loss import weighted_loss
+
+    if variant == "full":
+        logits = lm_head(hidden)  # (1, T, V): what a causal LM returns
+        tgt = labels[:, 1:].reshape(-1)
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).float(), tgt, reduction="none")
+        w = weights[:, 1:].reshape(-1)
+        return (ce * w).sum() / w.sum(), logits
+    return weighted_loss(hidden, lm_head, labels, weights, None, chunk)[0], None
+
+
+def _inputs(tokens: int, hidden_size: int):
+    """Seeded output layer, hidden states, labels and weights, with gradient buffers allocated."""
+    import torch
 
     torch.manual_seed(0)
     with torch.no_grad():  # in-place init: no transient copies before the baseline is read
@@ -88,19 +106,20 @@ def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) ->
     weights = torch.ones(1, tokens)
     lm_head.weight.grad = torch.zeros_like(lm_head.weight)
     hidden.grad = torch.zeros_like(hidden)
+    return hidden, lm_head, labels, weights
+
+
+def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) -> None:
+    """One measurement in this process; writes loss, gradient probes, peak and time to ``out``."""
+    import torch
+
+    hidden, lm_head, labels, weights = _inputs(tokens, hidden_size)
     probe = torch.randn(hidden_size, generator=torch.Generator().manual_seed(1))
 
     reset = _reset_peak()
     base_rss, base_max = _status_bytes("VmRSS"), _status_bytes("VmHWM")
     t0 = time.perf_counter()
-    if variant == "full":
-        logits = lm_head(hidden)  # (1, T, V): what a causal LM returns
-        tgt = labels[:, 1:].reshape(-1)
-        ce = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).float(), tgt, reduction="none")
-        w = weights[:, 1:].reshape(-1)
-        loss = (ce * w).sum() / w.sum()
-    else:
-        loss, _ = weighted_loss(hidden, lm_head, labels, weights, None, chunk)
+    loss, _kept = _loss(variant, hidden, lm_head, labels, weights, chunk)
     loss.backward()
     seconds = time.perf_counter() - t0
     peak = _status_bytes("VmHWM")
@@ -123,20 +142,105 @@ def worker(variant: str, tokens: int, chunk: int, hidden_size: int, out: str) ->
     Path(out).write_text(json.dumps(result))
 
 
+def time_worker(tokens: int, chunk: int, repeats: int, out: str) -> None:
+    """Alternate full logits, the chunked loss at ``chunk`` and at one chunk of all ``tokens``,
+    ``repeats`` times (one thread) after one untimed pass each; writes the seconds of every timed
+    pass per variant to ``out``."""
+    from .common import cpu_settings, interleaved
+
+    hidden, lm_head, labels, weights = _inputs(tokens, HIDDEN)
+
+    def step(variant: str, rows: int):
+        def run() -> None:
+            loss, _kept = _loss(variant, hidden, lm_head, labels, weights, rows)
+            loss.backward()
+
+        return run
+
+    variants = {
+        "full": step("full", 0),
+        "chunked": step("chunked", chunk),
+        "one_chunk": step("chunked", tokens),
+    }
+    with cpu_settings(threads=1):
+        interleaved(variants, 1)  # first touch of every buffer, untimed
+        times = interleaved(variants, repeats)
+    Path(out).write_text(json.dumps(times))
+
+
+def _subprocess(out: str, *args: str) -> None:
+    """This module in a fresh interpreter with ``args`` and ``--out out``."""
+    cmd = [sys.executable, "-m", "benchmarks.loss_memory", *args, "--out", out]
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+
+
 def measure(variant: str, tokens: int, chunk: int = 0, hidden_size: int = HIDDEN) -> tuple[dict, dict]:
     """Run :func:`worker` in a fresh interpreter; (result, gradient probes)."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "benchmarks.loss_memory", "--worker", variant, "--out", out]
-        cmd += ["--tokens", str(tokens), "--chunk", str(chunk), "--hidden", str(hidden_size)]
-        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+        _subprocess(
+            out,
+            "--worker",
+            variant,
+            "--tokens",
+            str(tokens),
+            "--chunk",
+            str(chunk),
+            "--hidden",
+            str(hidden_size),
+        )
         result = json.loads(Path(out).read_text())
         grads = torch.load(out + ".pt", weights_only=True)
     if result["hwm_after"] <= result["hwm_before"]:
         raise RuntimeError(f"{variant}: the set-up, not the loss, set the peak; peak not measurable")
     return result, grads
+
+
+def project_time(rn: float, r1: float, tokens: int, chunk: int) -> tuple[float, float, float]:
+    """(a, b, projected chunked / full time at 16,384 tokens / chunk 4096) from the measured ratios
+    at ``tokens`` rows: ``rn`` at ``chunk`` rows per chunk, ``r1`` at one chunk.
+
+    Time model (units: one full-logits pass at ``tokens``): the chunked loss costs ``a`` per
+    ``tokens`` rows plus ``b`` per chunk (each chunk adds one pass over the (vocab x hidden) weight
+    gradient and a smaller matrix product). One chunk (r1) and ``tokens / chunk`` chunks (rn) give
+    ``b = (rn - r1) / (n - 1)`` and ``a = r1 - b``; at 16,384 tokens / chunk 4096 the ratio is
+    ``a + b * 4 / 32``. Products of 4096 rows run at least as efficiently as those of ``tokens``
+    rows, so this does not flatter the chunked loss.
+    """
+    n = -(-tokens // chunk)
+    if n < 2:
+        raise ValueError(f"the time model needs at least 2 chunks, got {tokens} tokens / chunk {chunk}")
+    per_chunk = (rn - r1) / (n - 1)
+    per_tokens = r1 - per_chunk
+    scale = PRODUCTION_TOKENS / tokens
+    return per_tokens, per_chunk, per_tokens + per_chunk * (PRODUCTION_TOKENS // PRODUCTION_CHUNK) / scale
+
+
+def time_ratio(tokens: int, chunk: int, repeats: int) -> dict:
+    """:func:`time_worker` in a fresh interpreter: paired ratios to full logits and the projection
+    (:func:`project_time`)."""
+    from .common import median
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "times.json")
+        _subprocess(
+            out, "--worker", "time", "--tokens", str(tokens), "--chunk", str(chunk), "--repeats", str(repeats)
+        )
+        times = json.loads(Path(out).read_text())
+    paired = {v: [t / f for f, t in zip(times["full"], times[v])] for v in ("chunked", "one_chunk")}
+    rn, r1 = median(paired["chunked"]), median(paired["one_chunk"])
+    per_tokens, per_chunk, projected = project_time(rn, r1, tokens, chunk)
+    return {
+        "seconds": times,
+        "paired_ratios": paired,
+        "median_ratio": rn,
+        "median_ratio_one_chunk": r1,
+        "per_chunk": per_chunk,
+        "per_tokens": per_tokens,
+        "projected_ratio": projected,
+    }
 
 
 def buffers_per_row(a: dict, b: dict) -> float:
@@ -162,8 +266,22 @@ def compare(tokens: int, chunk: int) -> tuple[dict, dict, float, float]:
     return full, chunked, loss_diff, grad_diff
 
 
-def run(quick: bool = False) -> dict:
+def _parity_rows(loss_diff: float, grad_diff: float) -> list[dict]:
     from .common import row
+
+    return [
+        row("|loss chunked - full|", f"<= {LOSS_ATOL:g}", f"{loss_diff:.1e}", loss_diff <= LOSS_ATOL),
+        row(
+            "max |gradient chunked - full| (hidden, weight probe)",
+            f"<= {GRAD_ATOL:g}",
+            f"{grad_diff:.1e}",
+            grad_diff <= GRAD_ATOL,
+        ),
+    ]
+
+
+def run(quick: bool = False) -> dict:
+    from .common import median, row
 
     tokens = 256 if quick else 512
     chunk = tokens * PRODUCTION_CHUNK // PRODUCTION_TOKENS
@@ -179,6 +297,7 @@ def run(quick: bool = False) -> dict:
     k_chunked = buffers_per_row(k_runs["chunked_a"], k_runs["chunked_b"])
     # the real shape: fixed parts, parity, time
     full, chunked, loss_diff, grad_diff = compare(tokens, chunk)
+    timing = time_ratio(tokens, chunk, repeats=2 if quick else 3)
     measured_ratio = chunked["peak_bytes"] / full["peak_bytes"]
     full_16k = project(full, k_full, PRODUCTION_TOKENS)
     proj = {c: project(chunked, k_chunked, c) for c in (PRODUCTION_CHUNK, PRODUCTION_CHUNK // 2)}
@@ -210,16 +329,19 @@ def run(quick: bool = False) -> dict:
             f"full {k_full:.2f}, chunked {k_chunked:.2f}",
             None,
         ),
+        *_parity_rows(loss_diff, grad_diff),
         row(
-            "|loss chunked - full|",
-            f"<= {LOSS_ATOL:g}",
-            f"{loss_diff:.1e} (gradients: max diff {grad_diff:.1e})",
-            loss_diff <= LOSS_ATOL,
+            f"time chunked / full, projected {PRODUCTION_TOKENS} tok / chunk {main}",
+            f"<= {TARGET_TIME:.2f}x",
+            f"{timing['projected_ratio']:.3f}x (from {tokens} tok: {timing['per_tokens']:.3f} per {tokens} "
+            f"rows + {timing['per_chunk']:+.3f} per chunk)",
+            timing["projected_ratio"] <= TARGET_TIME,
         ),
         row(
-            f"time chunked / full at {tokens} tok",
-            "info",
-            f"{chunked['seconds']:.1f} s / {full['seconds']:.1f} s",
+            f"time chunked / full, measured {tokens} tok / chunk {chunk}",
+            "info (scaled down)",
+            f"{timing['median_ratio']:.3f}x (one chunk {timing['median_ratio_one_chunk']:.3f}x; median of "
+            f"{len(timing['seconds']['full'])} paired runs, full {median(timing['seconds']['full']):.2f} s, 1 thread)",
             None,
         ),
     ]
@@ -234,6 +356,7 @@ def run(quick: bool = False) -> dict:
             "k_chunked": k_chunked,
             "loss_abs_diff": loss_diff,
             "grad_max_abs_diff": grad_diff,
+            "timing": timing,
             "projection_full_16384": full_16k,
             "projection_chunked": {str(c): p for c, p in proj.items()},
             "projected_ratio": {str(c): r for c, r in ratio.items()},
@@ -260,13 +383,13 @@ def full_scale(tokens: int = PRODUCTION_TOKENS, chunk: int = PRODUCTION_CHUNK) -
                 f"{ratio:.1%} ({chunked['peak_bytes'] / gib:.1f} vs {full['peak_bytes'] / gib:.1f} GiB)",
                 ratio <= TARGET_RATIO,
             ),
+            *_parity_rows(loss_diff, grad_diff),
             row(
-                "|loss chunked - full|",
-                f"<= {LOSS_ATOL:g}",
-                f"{loss_diff:.1e} (gradients: max diff {grad_diff:.1e})",
-                loss_diff <= LOSS_ATOL,
+                "time chunked / full (one pass each)",
+                "info",
+                f"{chunked['seconds']:.1f} s / {full['seconds']:.1f} s",
+                None,
             ),
-            row("time chunked / full", "info", f"{chunked['seconds']:.1f} s / {full['seconds']:.1f} s", None),
         ],
         "details": {
             "full": full,
@@ -279,7 +402,8 @@ def full_scale(tokens: int = PRODUCTION_TOKENS, chunk: int = PRODUCTION_CHUNK) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=("full", "chunked"))
+    parser.add_argument("--worker", choices=("full", "chunked", "time"))
+    parser.add_argument("--repeats", type=int, default=4, help="timed passes per variant (--worker time)")
     parser.add_argument("--tokens", type=int)
     parser.add_argument("--chunk", type=int, default=0)
     parser.add_argument("--hidden", type=int, default=HIDDEN)
@@ -290,6 +414,9 @@ def main() -> None:
         help="measure both variants at 16,384 tokens (~45 GiB free memory); writes to $OUT or results/",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.worker == "time":
+        time_worker(args.tokens, args.chunk, args.repeats, args.out)
+        return
     if args.worker:
         worker(args.worker, args.tokens, args.chunk, args.hidden, args.out)
         return

@@ -32,9 +32,13 @@ def test_third_party_noise_is_dropped(capsys):
     logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: For seamless cloud logging ...")
     with warnings.catch_warnings(record=True) as caught:
         setup_logging()  # filters are installed again inside catch_warnings' fresh filter list
-        warnings.warn("Total length of `list` across ranks is zero. Please make sure", UserWarning)
-        warnings.warn("Precision bf16-mixed is not supported by the model summary. ", UserWarning)
-        warnings.warn("a real warning", UserWarning)
+        warnings.warn(
+            "Total length of `list` across ranks is zero. Please make sure", UserWarning, stacklevel=1
+        )
+        warnings.warn(
+            "Precision bf16-mixed is not supported by the model summary. ", UserWarning, stacklevel=1
+        )
+        warnings.warn("a real warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a real warning"]
     out = capsys.readouterr()
     assert "Setting accelerator" not in out.err + out.out and "Tip" not in out.err + out.out

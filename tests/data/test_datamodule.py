@@ -176,7 +176,9 @@ def test_preview_and_inspect_cli(tool_shards, llm_dir, capsys):  # noqa: F811
 def test_more_loader_workers_than_cores_is_said_once(shard_dir, vlm_tokenizer, monkeypatch, caplog):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    dm = InternVLDataModule(shards=str(shard_dir), tokenizer=vlm_tokenizer, packing=PACKING, num_workers=4, **SMALL)
+    dm = InternVLDataModule(
+        shards=str(shard_dir), tokenizer=vlm_tokenizer, packing=PACKING, num_workers=4, **SMALL
+    )
     with caplog.at_level("WARNING", logger="internvl_lightning"):
         dm._check_workers()
     assert "--data.num_workers=4 but each of the 1 process(es) here has 2 CPU core(s)" in caplog.text

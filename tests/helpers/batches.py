@@ -24,19 +24,18 @@ def make_module(components, **kwargs) -> InternVLChat:
 
 def fit_batches(module, batches, accumulate=1, callbacks=(), max_steps=1, **trainer) -> L.Trainer:
     """A quiet CPU ``Trainer`` (no logger, checkpoints or bars) fit on ``batches`` (already collated);
-    ``trainer``: more Trainer arguments (e.g. a strategy)."""
+    ``trainer``: more Trainer arguments (e.g. a strategy, or a logger after all)."""
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     fit = L.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
         devices=1,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=list(callbacks),
-        **trainer,
+        **(quiet | trainer),
     )
     fit.fit(module, train_dataloaders=loader)
     return fit

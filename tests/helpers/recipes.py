@@ -26,6 +26,8 @@ def cpu_recipe(name: str, tmp: Path, max_steps: int = 3) -> Path:
         if cb["class_path"].endswith("StageOutput"):
             args["dirpath"] = str(tmp / name / "hf")
     cfg["model"]["attn_implementation"] = "sdpa"
+    if "packs_per_step" in cfg["model"]:
+        cfg["model"]["packs_per_step"] = None  # one pack per step on one CPU (not the recipe's 512)
     cfg["data"].update(num_workers=0, max_dynamic_patch=4)
     cfg["data"]["packing"].update(max_packed_tokens=1024, num_images_expected=16)
     path = tmp / f"{name}.yaml"

@@ -316,7 +316,8 @@ class _Worker:
             what = f"sample {dataset}:{key}" if key is not None else f"the rest of a shard of {dataset}"
             tag = "shards" if kind == "shard" else reason
             more = "" if n <= LOG_FIRST else f" [{n} {tag} so far; not every one is logged]"
-            log.warning("skipping %s (%s @ %s): %s%s", what, url, offset, text, more)
+            where = f" ({url} @ byte {offset})" if url is not None else ""  # the packer's refusals have none
+            log.warning("skipping %s%s: %s%s", what, where, text, more)
         limit = self.ds.max_skips_without_batch
         if kind != "shard" and limit and self._since_batch >= limit:
             raise NoBatches(self._no_batch_message(f"{self._since_batch} samples in a row were skipped"))

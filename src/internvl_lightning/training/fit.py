@@ -10,7 +10,6 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningCLI
 
 from ..data.datamodule import InternVLDataModule
-from .data_report import DataReport
 from .module import InternVLChat
 from .wiring import link_model_to_data
 
@@ -31,12 +30,6 @@ class InternVLCLI(LightningCLI):
         # Arguments always come explicitly from our entry point, which has consumed sys.argv.
         self.config = parser.parse_args(args)
 
-    def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
-        if not any(isinstance(cb, DataReport) for cb in trainer.callbacks):
-            trainer.callbacks.append(DataReport())  # the data stream's skip counts, in every run
-        return trainer
-
 
 def run_lightning(argv: list[str]) -> None:
     """Run `fit` or `validate` with `argv` (the subcommand first, as on the command line)."""
@@ -45,5 +38,8 @@ def run_lightning(argv: list[str]) -> None:
         InternVLDataModule,
         args=argv,
         auto_configure_optimizers=False,
+        # The module prints its own table of trainable parameters per component; Lightning's
+        # summary adds nothing to it but a "Total FLOPs: 0" row and a bf16 size warning.
+        trainer_defaults={"enable_model_summary": False},
         save_config_kwargs={"overwrite": True},
     )

@@ -9,18 +9,24 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..model.build import build_model
 from ..model.forward import vlm_hidden_states
 from . import console
+from .data_report import DataReport
+from .dataset_metrics import per_dataset
 from .fault import NonFiniteMonitor
 from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
-from .loss import per_sample_losses, weighted_loss
+from .global_batch import apply_global_batch
+from .loss import per_sample_losses, weighted_loss, weighted_loss_with_token_ce
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
 from .parallelize import TrainingSetup, parallelize
+from .progress import StepProgressBar
+from .run_length import run_length
 from .strategy import ParamScope, ZeroStrategy, deepspeed_grad_norm
 
 
@@ -59,6 +65,13 @@ class InternVLChat(L.LightningModule):
         max_consecutive_nonfinite: the non-finite guard, always on: an optimizer step whose loss,
             gradients, loss weights or labels are not finite is skipped (and printed, counted in
             ``train/skipped_steps``); this many in a row stop the run (``fault.py``).
+        packs_per_step: the global batch in packs (the recipes: 512; stage 1.5: 1024); the gradient
+            accumulation follows from the number of processes (``global_batch.py``), so a recipe
+            keeps its batch on 512, 8 or 1 GPU. None: the trainer's ``accumulate_grad_batches``.
+
+    The run's length (the schedule's total) is ``max_steps``, or what the data gives when the data
+    module passes over it (``data.epochs``), whichever ends first (``run_length.py``). Unless the
+    trainer has them, the module adds the step progress bar and the data report as callbacks.
     """
 
     def __init__(
@@ -92,6 +105,7 @@ class InternVLChat(L.LightningModule):
         peak_flops: float | None = None,
         seed: int = 0,
         max_consecutive_nonfinite: int = 10,
+        packs_per_step: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,6 +120,21 @@ class InternVLChat(L.LightningModule):
         self._trained: dict = {}  # step_flops' keyword arguments: which parts train
         self._t_last: float | None = None
         self.nonfinite = NonFiniteMonitor(max_consecutive_nonfinite)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            apply_global_batch(self.trainer, self.hparams.packs_per_step)  # before the strategy reads it
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The step progress bar (in place of Lightning's, when bars are on) and the data report."""
+        callbacks: list[L.Callback] = []
+        bar = self.trainer.progress_bar_callback
+        if type(bar) in (TQDMProgressBar, RichProgressBar):  # Lightning's default, not one the user chose
+            self.trainer.callbacks.remove(bar)  # Lightning replaces only callbacks of a parent type
+            callbacks.append(StepProgressBar())
+        if not any(isinstance(cb, DataReport) for cb in self.trainer.callbacks):
+            callbacks.append(DataReport())
+        return callbacks
 
     # ---- model ----------------------------------------------------------------------------
     @property
@@ -233,16 +262,28 @@ class InternVLChat(L.LightningModule):
             else (labels[:, 1:] != -100).sum()
         )
         denom, scale = self._denominator(batch, local.float())
-        loss, wsum = self.lm_head_scope(
-            weighted_loss, hidden, self.model.lm_head, labels, weights, denom, self.hparams.loss_chunk_size
-        )
+        loss, wsum, token_ce, positions = self.lm_head_scope(
+            weighted_loss_with_token_ce, hidden, self.model.lm_head, labels, weights, denom,
+            self.hparams.loss_chunk_size,
+        )  # fmt: skip
         # A bad batch gives NaN gradients everywhere, so that every strategy (DeepSpeed's overflow
         # check included) skips the step; otherwise this adds exactly zero.
         loss = loss + torch.where(bad, float("nan"), 0.0) * hidden.float().sum()
         # What we show is this micro-batch's own weighted mean, comparable across steps.
         shown = loss.detach() * denom / wsum.clamp_min(1e-12)
         self.log("train/loss", shown, prog_bar=True, on_step=True, batch_size=1)
+        self._log_datasets(token_ce, positions, batch)
         return loss * scale
+
+    def _log_datasets(self, token_ce: torch.Tensor, positions: torch.Tensor, batch: dict[str, Any]) -> None:
+        """``train/loss/<dataset>`` and ``train/tokens/<dataset>`` when the batch mixes datasets'
+        samples (only on steps Lightning logs; ``dataset_metrics.py``)."""
+        names = batch.get("datasets")
+        if not names or not self.trainer._logger_connector.should_update_logs:
+            return
+        for name, (mean, n) in per_dataset(token_ce, positions, batch["sample_index"], names).items():
+            self.log(f"train/loss/{name}", mean, on_step=True, batch_size=1)
+            self.log(f"train/tokens/{name}", float(n), on_step=True, batch_size=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hidden = self(batch)
@@ -265,15 +306,18 @@ class InternVLChat(L.LightningModule):
         if not groups:
             raise ValueError("no trainable parameters: check the FreezeSchedule of this stage")
         opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps)
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        length = run_length(self.trainer)
+        total = length.steps
         if total is None:
             estimated = self.trainer.estimated_stepping_batches  # inf for a stream of unknown length
             if not math.isfinite(estimated):
                 raise ValueError(
-                    "the learning-rate schedule needs the run's length: set --trainer.max_steps "
-                    "(one epoch: ceil(samples / samples per step); the inspect command counts the samples)"
+                    "the learning-rate schedule needs the run's length: set --trainer.max_steps, or "
+                    "--data.epochs=N with --trainer.max_epochs=N (the length is then read from the shard index)"
                 )
             total = int(estimated)
+        elif length.from_data:
+            console.info(f"learning-rate schedule over {length.describe()}")
         warm = warmup_steps_from(h.warmup, total)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: cosine_with_warmup(step, warm, total, h.min_lr_ratio)

@@ -263,7 +263,8 @@ def plan(
         if gpus * grad_acc == recipe_packs:
             notes.append(
                 f"global batch {recipe_packs} packs as in the recipe: {gpus} GPU(s) x accumulate {grad_acc} "
-                f"(--trainer.accumulate_grad_batches={grad_acc})"
+                f"(the recipes' model.packs_per_step={recipe_packs} sets it; by hand: "
+                f"--trainer.accumulate_grad_batches={grad_acc})"
             )
         else:
             notes.append(
