@@ -532,3 +532,16 @@ def test_deepspeed_files_are_read_weights_only(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=r"planted.pt: it references io.open, which a DeepSpeed"):
         engine.load(str(tmp_path / "planted.pt"))
     assert not marker.exists()
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(tiny_components, tmp_path):
+    """Starting from step 0 where another run left checkpoints is refused before any step."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch=0-step=100.ckpt").write_bytes(b"an earlier run's")
+    module = make_module(tiny_components)
+    fit = trainer(run, 2, [AtomicModelCheckpoint(every_n_train_steps=1)])
+    with pytest.raises(RuntimeError, match=r"holds checkpoints of an earlier run \(epoch=0-step=100.ckpt\)"):
+        fit.fit(module, train_dataloaders=loader(packed_batches(module, 2)))
+    assert fit.global_step == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch=0-step=100.ckpt"]

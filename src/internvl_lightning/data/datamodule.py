@@ -461,6 +461,18 @@ class InternVLDataModule(pl.LightningDataModule):
         self._train.load_state_dict(self._pending[rank])  # type: ignore[union-attr,index]
         self._pending = None
 
+    def training_record(self) -> dict[str, Any]:
+        """The data settings a model trained on this data keeps (stage outputs, exports, ``.ckpt``):
+        template, normalisation and tile range; a meta file's per-dataset tile budget counts."""
+        enc = self.encode_config
+        budgets = [s.max_dynamic_patch or enc.max_dynamic_patch for s in self._train_sources or []]
+        return {
+            "template": enc.template,
+            "normalization": enc.normalization,
+            "max_dynamic_patch": max(budgets, default=enc.max_dynamic_patch),
+            "min_dynamic_patch": enc.min_dynamic_patch,
+        }
+
     def target_shares(self) -> dict[str, float]:
         """Each dataset's share of the mixture as the training stream samples it ({} before the
         first train_dataloader)."""

@@ -47,14 +47,15 @@ class EvalSettings:
 def read_settings(
     source: Any, model, max_num: int | None = None, template: str | None = None
 ) -> EvalSettings:
-    """Settings for ``model``: the training record of ``source`` (when it is a dir), else defaults.
+    """Settings for ``model``: the training record of ``source`` (a dir, or the record itself as a
+    dict), else defaults.
 
     HF-native exports and stage outputs carry ``internvl_lightning.json``; original-layout dirs
     carry ``template`` / ``max_dynamic_patch`` in ``config.json``. The tile budget is
     ``max_num`` if given, else 6 (InternVL's evaluation setting), never above what training used.
     """
     is_dir = isinstance(source, str | Path) and Path(source).is_dir()
-    info = read_training_record(source) if is_dir else {}
+    info = source if isinstance(source, dict) else read_training_record(source) if is_dir else {}
     vcfg = model.config.vision_config
     size = vision_geometry(vcfg)[0]
     trained_max = int(info.get("max_dynamic_patch") or EVAL_MAX_NUM)

@@ -26,9 +26,9 @@ from ..data.encode import EncodeConfig, video_conversations
 from ..data.templates import tokenize
 from ..data.video import read_video
 from ..evaluation.generate import EvalSettings, Request, encode_request, read_settings, stop_ids
-from ..model.record import read_training_record
 from .checkpoint import load_checkpoint
 from .commands import DTYPES
+from .self_contained import training_record
 
 VIDEO_FRAMES = 8  # frames sampled from a video ("middle" of equal intervals: the same every time)
 END_OF_CHAT = ("", "/exit")  # an empty line or /exit ends an interactive chat
@@ -57,10 +57,10 @@ def load_chatbot(
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if cuda else torch.float32)
     model, tok = load_checkpoint(source, tokenizer, trust_remote_code)
     model = model.to(device=where, dtype=torch_dtype).eval()
-    record = read_training_record(source) if Path(source).is_dir() else {}
+    record = training_record(source)
     if max_num is None:
         max_num = int(record.get("max_dynamic_patch") or EncodeConfig.max_dynamic_patch)
-    return Chatbot(model, tok, read_settings(source, model, max_num=max_num))
+    return Chatbot(model, tok, read_settings(record, model, max_num=max_num))
 
 
 def media_request(

@@ -35,7 +35,7 @@ from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBa
 
 from ..model.load import load_vlm_and_tokenizer
 from ..tokenizer import TokenizerSource, load_tokenizer
-from . import console
+from . import console, self_contained
 from .integrity import SUFFIX, VERIFY_LEVELS, newest_intact, record, verify
 from .preempt import Preempted, SigtermStop
 from .wiring import tokenizer_dir
@@ -168,6 +168,23 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         """Where this run's checkpoints are: `dirpath`, else `<default_root_dir>/checkpoints`."""
         return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "checkpoints"
 
+    def _refuse_another_runs_checkpoints(self, trainer: L.Trainer) -> None:
+        """A run that starts afresh where another run's checkpoints are would overwrite them (and
+        its stage output) step by step: two experiments never share a directory silently."""
+        if trainer.ckpt_path is not None or self.save_top_k == 0:
+            return
+        found = sorted(
+            p.name
+            for p in self.run_dirpath(trainer).glob("*.ckpt")
+            if not p.name.startswith((STAGING, TRASH))
+        )
+        if found:
+            raise RuntimeError(
+                f"{self.run_dirpath(trainer)} holds checkpoints of an earlier run ({', '.join(found[:3])}"
+                f"{', ...' if len(found) > 3 else ''}) and this run starts from step 0: pass --ckpt_path=last "
+                "to continue that run, or another --trainer.default_root_dir for a new experiment"
+            )
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(self.run_dirpath(trainer))
@@ -282,6 +299,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     # ---- SIGTERM -----------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        self._refuse_another_runs_checkpoints(trainer)
         self._start_step = trainer.global_step
         if self.save_on_sigterm:
             self._sigterm.install(trainer.world_size)
@@ -392,23 +410,43 @@ class RngState(L.Callback):
 # ---- reading checkpoints ------------------------------------------------------------------------
 
 
-def load_lightning_checkpoint(path: str | Path) -> tuple[InternVLForConditionalGeneration, str | None]:
-    """Rebuild the model of an `InternVLChat` Lightning checkpoint; returns it (eval mode) and the
-    tokenizer dir of its run."""
+def load_lightning_checkpoint(
+    path: str | Path, trust_remote_code: bool = False
+) -> tuple[InternVLForConditionalGeneration, TokenizerSource | None]:
+    """Rebuild the model of an `InternVLChat` Lightning checkpoint; returns it (eval mode) and its
+    tokenizer: the one stored in the checkpoint, else the tokenizer dir of its run.
+
+    The model is built from the stored config when the checkpoint holds every weight (no component
+    dir is read); one saved without its frozen weights is completed from the run's components."""
     from .module import InternVLChat
     from .parallelize import add_adapters
 
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     module = InternVLChat(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-    model = module.build_vlm()
-    add_adapters(model, module.training_setup)  # the saved keys include the adapters
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    # Keys absent from the checkpoint keep the weights build_vlm() loaded from the run's components:
-    # checkpoints saved with exclude_frozen_parameters hold only what trained.
+    stored = ckpt.get(self_contained.KEY) or {}
+    model = None
+    if stored.get("config"):
+        model = self_contained.model_from_config(stored["config"])
+        add_adapters(model, module.training_setup)  # the saved keys include the adapters
+        if set(model.state_dict()) - set(state):  # frozen weights left out: the components have them
+            model = None
+    if model is None:
+        try:
+            model = module.build_vlm()
+        except (FileNotFoundError, OSError) as e:
+            sources = {k: v for k, v in (stored.get("components") or {}).items() if v}
+            raise FileNotFoundError(
+                f"checkpoint {path} holds only the weights that trained (exclude_frozen_parameters); the "
+                f"frozen ones come from its components {sources or hparams}, which cannot be read: {e}"
+            ) from None
+        add_adapters(model, module.training_setup)
     _, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {path} has keys the model lacks: {unexpected[:10]}")
+    if stored.get("tokenizer"):
+        return model.eval(), self_contained.tokenizer_from_files(stored["tokenizer"], trust_remote_code)
     return model.eval(), tokenizer_dir(hparams.get("llm"), hparams.get("init_from"))
 
 
@@ -425,7 +463,7 @@ def load_checkpoint(
     if not isinstance(source, InternVLForConditionalGeneration):
         path = Path(source)
         if path.is_file() and path.suffix == ".ckpt":
-            model, tok_dir = load_lightning_checkpoint(path)
+            model, tok_dir = load_lightning_checkpoint(path, trust_remote_code)
             if tokenizer is None and tok_dir is None:
                 raise ValueError(f"checkpoint {path} names no tokenizer dir: pass tokenizer=<LLM dir>")
             return model, load_tokenizer(tokenizer if tokenizer is not None else tok_dir, trust_remote_code)

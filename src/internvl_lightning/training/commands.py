@@ -16,8 +16,8 @@ import torch.distributed as dist
 from ..evaluation.result import EvalResult
 from ..evaluation.runner import evaluate
 from ..export import export_hf, export_original
-from ..model.record import read_training_record
 from .checkpoint import load_checkpoint
+from .self_contained import training_record
 
 DTYPES = Literal["float32", "bfloat16", "float16"]
 
@@ -64,7 +64,7 @@ def evaluate_checkpoint(
             data,
             tok,
             progress=rank == 0,
-            settings_source=checkpoint,  # the model is placed already; its dir has the settings
+            settings_source=training_record(checkpoint),  # the model is placed already
             **options,
         )
     finally:
@@ -108,7 +108,7 @@ def export_checkpoint(
         trust_remote_code: let a tokenizer defined by its own code (``tokenization_*.py``) run it.
     """
     model, tok = load_checkpoint(checkpoint, tokenizer, trust_remote_code)
-    record = read_training_record(checkpoint) if Path(checkpoint).is_dir() else {}
+    record = training_record(checkpoint)
     if llm_arch is None and "llm_config" in record:  # an original-layout dir keeps its family
         llm_arch = (record["llm_config"].get("architectures") or [None])[0]
     given = {"template": template, "normalization": normalization, "max_dynamic_patch": max_dynamic_patch}

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ..model.build import build_model
 from ..model.forward import vlm_hidden_states
-from . import console
+from . import console, self_contained
 from .data_report import DataReport
 from .dataset_metrics import per_dataset
 from .fault import NonFiniteMonitor
@@ -372,6 +372,17 @@ class InternVLChat(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite"] = self.nonfinite.state_dict()
+        checkpoint[self_contained.KEY] = self._contents()
+
+    def _contents(self) -> dict[str, Any]:
+        """Config, tokenizer files, data settings and component identity (``self_contained.py``);
+        made once per run (the tokenizer files do not change while it trains)."""
+        if getattr(self, "_contents_cache", None) is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            record = dm.training_record() if hasattr(dm, "training_record") else {}
+            tokenizer = getattr(dm, "tokenizer_object", None)
+            self._contents_cache = self_contained.contents(self.model, self.hparams, tokenizer, record)
+        return self._contents_cache
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("nonfinite")

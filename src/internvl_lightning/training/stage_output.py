@@ -34,20 +34,7 @@ class StageOutput(L.Callback):
         from ..export.hf import export_hf
 
         dm = trainer.datamodule
-        enc = getattr(dm, "encode_config", None)
-        settings = {}
-        if enc is not None:
-            # A meta file's per-dataset tile budget replaces the global one for that dataset.
-            budgets = [
-                s.max_dynamic_patch or enc.max_dynamic_patch
-                for s in getattr(dm, "_train_sources", None) or []
-            ]
-            settings = dict(
-                template=enc.template,
-                normalization=enc.normalization,
-                max_dynamic_patch=max(budgets, default=enc.max_dynamic_patch),
-                min_dynamic_patch=enc.min_dynamic_patch,
-            )
+        settings = dm.training_record() if hasattr(dm, "training_record") else {}
         h = pl_module.hparams
         tokenizer = (
             dm.tokenizer_object
