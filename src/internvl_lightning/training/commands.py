@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from ..evaluation.generate import read_settings
 from ..evaluation.result import EvalResult
 from ..evaluation.runner import evaluate
 from ..export import export_hf, export_original
@@ -58,13 +59,18 @@ def evaluate_checkpoint(
     try:
         model, tok = load_checkpoint(checkpoint, tokenizer, trust_remote_code)
         model = model.to(device=where, dtype=torch_dtype)
+        # the trained settings, also of a .ckpt (which the evaluation package does not read)
+        settings = read_settings(
+            training_record(checkpoint), model, options.pop("max_num", None), options.pop("template", None)
+        )
         result = evaluate(
             model,
             benchmark,
             data,
             tok,
             progress=rank == 0,
-            settings_source=training_record(checkpoint),  # the model is placed already
+            settings_source=checkpoint,
+            settings=settings,
             **options,
         )
     finally:
