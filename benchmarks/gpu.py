@@ -41,6 +41,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,11 +93,12 @@ def best_attention(device: torch.device, wanted: str) -> str:
 
 
 # ---- data --------------------------------------------------------------------------------------
-def make_packs(preset: VLMPreset, n_packs: int, budget: int, seed: int = 0) -> list[dict]:
-    """``n_packs`` collated packs of the realistic mix (scaled to the preset's tokens per tile).
+def mix_samples(preset: VLMPreset, n: int, seed: int = 0) -> Iterator[EncodedSample]:
+    """``n`` samples of the realistic mix (scaled to the preset's tokens per tile), made lazily.
 
-    Samples are made lazily as the packer asks for them; their pixels are views of one bank of
-    random tiles (the collator copies them into each pack), so only the packs take memory.
+    Text is random token ids around one run of image tokens; the answer (second half of the text)
+    is trained. Pixels are views of one bank of random tiles (a collator copies them into each
+    batch), so only the batches take memory.
     """
     cfg = vlm_config(preset)
     per_tile = tokens_per_tile(preset.vision, preset.downsample_ratio)
@@ -105,23 +107,25 @@ def make_packs(preset: VLMPreset, n_packs: int, budget: int, seed: int = 0) -> l
     vocab = cfg.image_token_id - 2
     g = torch.Generator().manual_seed(seed)
     bank = torch.randn(TILES, 3, size, size, generator=g)
+    for i, (tokens, tiles) in enumerate(realistic_length_mix(seed, n)):
+        text = max(2, (tokens - tiles * 256) // scale)
+        ids = torch.randint(5, vocab, (text,), generator=g)
+        image = torch.full((tiles * per_tile,), cfg.image_token_id)
+        input_ids = torch.cat([ids[: text // 2], image, ids[text // 2 :]])
+        labels = input_ids.clone()
+        labels[: len(input_ids) - (text - text // 2)] = -100  # the answer (second half) is trained
+        flags = torch.ones(tiles, dtype=torch.long)
+        yield EncodedSample(f"s{i}", "mix", input_ids, labels, bank[:tiles], flags)
 
-    def samples():
-        for i, (tokens, tiles) in enumerate(realistic_length_mix(seed, 100 * n_packs)):
-            text = max(2, (tokens - tiles * 256) // scale)
-            ids = torch.randint(5, vocab, (text,), generator=g)
-            image = torch.full((tiles * per_tile,), cfg.image_token_id)
-            input_ids = torch.cat([ids[: text // 2], image, ids[text // 2 :]])
-            labels = input_ids.clone()
-            labels[: len(input_ids) - (text - text // 2)] = -100  # the answer (second half) is trained
-            flags = torch.ones(tiles, dtype=torch.long)
-            yield EncodedSample(f"s{i}", "mix", input_ids, labels, bank[:tiles], flags)
 
+def make_packs(preset: VLMPreset, n_packs: int, budget: int, seed: int = 0) -> list[dict]:
+    """``n_packs`` collated greedy packs of :func:`mix_samples`, padded to the budget."""
     collate = PackingCollator(
-        max_packed_tokens=budget, num_images_expected=TILES, pad_to_budget=True, image_size=size
-    )
+        max_packed_tokens=budget, num_images_expected=TILES, pad_to_budget=True,
+        image_size=preset.vision.image_size,
+    )  # fmt: skip
     packs = []
-    for pack in Packer(budget, TILES, BUFFER).pack(samples()):
+    for pack in Packer(budget, TILES, BUFFER).pack(mix_samples(preset, 100 * n_packs, seed)):
         packs.append(collate([pack]))
         if len(packs) == n_packs:
             break

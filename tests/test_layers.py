@@ -1,5 +1,5 @@
 """The package's imports run one way: cli -> demo -> training -> (evaluation, export) -> (data, model)
--> tokenizer -> (constants, hub), as docs/ARCHITECTURE.md draws it. Read from the source (every import,
+-> tokenizer -> (constants, hub, logs), as docs/ARCHITECTURE.md draws it. Read from the source (every import,
 function-level ones too), so a shortcut cannot slip in unseen."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ PACKAGE = Path(internvl_lightning.__file__).resolve().parent
 LAYERS = {
     "constants": 0,
     "hub": 0,
+    "logs": 0,
     "tokenizer": 1,
     "data": 2,
     "model": 2,

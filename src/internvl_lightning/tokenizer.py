@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-from .constants import IM_END, IM_START, VLM_SPECIAL_TOKENS
+from .constants import IM_END, IM_START, VIDEO_PLACEHOLDER, VLM_SPECIAL_TOKENS
 from .hub import model_dir
 
 TokenizerSource = str | Path | PreTrainedTokenizerBase
@@ -105,8 +105,12 @@ def check_chat_tokens(
 
 
 def tokenizer_info(tokenizer: PreTrainedTokenizerBase) -> dict:
-    """Name (last path part), length and a hash of the full vocabulary, added tokens included."""
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    """Name (last path part), length and a hash of the vocabulary, added tokens included, except
+    ``<video>``: HF-native exports (and so stage outputs) declare it for transformers' processor,
+    but the encoder never emits it (a ``<video>`` placeholder becomes frame lines), so a stage
+    output's tokenizer counts the same tokens as the LLM's it came from."""
+    items = sorted((t, i) for t, i in tokenizer.get_vocab().items() if t != VIDEO_PLACEHOLDER)
+    vocab = json.dumps(items, ensure_ascii=False)
     name = Path(str(getattr(tokenizer, "name_or_path", "") or "tokenizer")).name
     return {
         "name": name,

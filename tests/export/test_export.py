@@ -195,3 +195,13 @@ def test_stage_output_records_the_meta_files_tile_budget(tiny, tiny_components, 
     out = tmp_path / "run" / "hf"
     assert read_training_record(out)["max_dynamic_patch"] == 6
     assert json.loads((out / "preprocessor_config.json").read_text())["max_patches"] == 6
+
+
+def test_an_export_counts_tokens_as_the_llm_it_came_from(tiny_vlm_dir, tiny_components):
+    """The export declares <video> for transformers' processor; the shard index's tokenizer hash
+    ignores it, so shards made with the LLM are not reported stale for a run from a stage output."""
+    from internvl_lightning.tokenizer import load_tokenizer, tokenizer_info
+
+    exported, llm = load_tokenizer(tiny_vlm_dir), load_tokenizer(tiny_components[1])
+    assert "<video>" in exported.get_vocab() and "<video>" not in llm.get_vocab()
+    assert tokenizer_info(exported)["sha256"] == tokenizer_info(llm)["sha256"]
