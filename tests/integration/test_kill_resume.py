@@ -109,7 +109,8 @@ def test_rerunning_the_same_command_after_a_crash_continues_the_run(tiny_compone
     ckpt_dir = root / "stage1" / "checkpoints"
     deadline = time.monotonic() + 300
     try:
-        while not (ckpt_dir / "epoch=0-step=2.ckpt").exists():
+        # the checkpoint and its "last" link: a kill between the two leaves no last.ckpt to read below
+        while not ((ckpt_dir / "epoch=0-step=2.ckpt").exists() and (ckpt_dir / "last.ckpt").exists()):
             assert victim.poll() is None, (root / "log1.txt").read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never saved step 2"
             time.sleep(0.05)
