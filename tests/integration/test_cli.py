@@ -11,23 +11,9 @@ import torch
 import yaml
 
 from internvl_lightning.cli import main
-from internvl_lightning.data.encode import EncodeConfig
-from internvl_lightning.data.shard import shard_dataset
 from internvl_lightning.model.load import load_pretrained_vlm
-from internvl_lightning.tokenizer import load_tokenizer
 from internvl_lightning.training.checkpoint import load_lightning_checkpoint
-from tests.helpers.datagen import write_dataset
 from tests.helpers.recipes import CONF, cpu_recipe
-
-
-@pytest.fixture(scope="module")
-def shards(tiny_components, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_data")
-    data = write_dataset(root / "raw")
-    tok = load_tokenizer(tiny_components[1])
-    cfg = EncodeConfig(image_size=64, tokens_per_tile=16, max_dynamic_patch=4, max_length=2048)
-    shard_dataset(data.meta, tok, root / "shards", cfg, progress=False)
-    return root / "shards"
 
 
 def test_stage1_then_stage2_through_the_cli(tiny_components, shards, tmp_path, monkeypatch, recwarn):

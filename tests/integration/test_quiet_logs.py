@@ -6,14 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 import yaml
 
-from internvl_lightning.data.encode import EncodeConfig
-from internvl_lightning.data.shard import shard_dataset
-from internvl_lightning.tokenizer import load_tokenizer
 from tests.helpers import REPO
-from tests.helpers.datagen import write_dataset
 from tests.helpers.recipes import cpu_recipe
 
 NOISE = (
@@ -30,15 +25,6 @@ NOISE = (
     "v_num",
     "Epoch 0/",
 )
-
-
-@pytest.fixture(scope="module")
-def shards(tiny_components, tmp_path_factory):
-    root = tmp_path_factory.mktemp("quiet_data")
-    data = write_dataset(root / "raw")
-    cfg = EncodeConfig(image_size=64, tokens_per_tile=16, max_dynamic_patch=4, max_length=2048)
-    shard_dataset(data.meta, load_tokenizer(tiny_components[1]), root / "shards", cfg, progress=False)
-    return root / "shards"
 
 
 def _run(args: list[str], cwd) -> str:

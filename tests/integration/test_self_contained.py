@@ -9,24 +9,12 @@ import pytest
 import torch
 
 from internvl_lightning.cli import main
-from internvl_lightning.data.encode import EncodeConfig
-from internvl_lightning.data.shard import shard_dataset
 from internvl_lightning.model.load import load_pretrained_vlm
 from internvl_lightning.tokenizer import load_tokenizer
 from internvl_lightning.training.chat import load_chatbot
 from internvl_lightning.training.checkpoint import load_checkpoint
 from internvl_lightning.training.self_contained import KEY, stored, training_record
-from tests.helpers.datagen import write_dataset
 from tests.helpers.recipes import cpu_recipe
-
-
-@pytest.fixture(scope="module")
-def shards(tiny_components, tmp_path_factory):
-    root = tmp_path_factory.mktemp("self_contained_data")
-    data = write_dataset(root / "raw")
-    cfg = EncodeConfig(image_size=64, tokens_per_tile=16, max_dynamic_patch=3, max_length=2048)
-    shard_dataset(data.meta, load_tokenizer(tiny_components[1]), root / "shards", cfg, progress=False)
-    return root / "shards"
 
 
 def test_a_checkpoint_outlives_its_components(tiny_components, shards, tmp_path, monkeypatch):
