@@ -3,18 +3,22 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-TORCH_VERSION ?= 2.13.0
+TORCH_VERSION ?= 2.14.1
+# The torchvision release built for that torch: transformers constructs `InternVLProcessor` (what
+# `AutoProcessor` gives for an export) only where torchvision imports.
+TORCHVISION_VERSION ?= 0.29.1
 
 .PHONY: install test test-fast lint format demo demo-quick bench clean
 
 install: $(STAMP)
 
-# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+# torch and torchvision first, pinned as a pair: an unpinned torch pulls whatever build is newest,
+# and a torchvision built for another torch fails at import.
 # The deepspeed extra after torch, built against it with no ops (CPU accelerator recorded at install time).
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install torch==$(TORCH_VERSION)
+	$(BIN)/pip install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(BIN)/pip install -e ".[dev]"
 	DS_BUILD_OPS=0 $(BIN)/pip install --no-build-isolation -e ".[dev,deepspeed]"
 	rm -rf build

@@ -49,38 +49,34 @@ def test_hf_export_loads_natively_with_identicalmodel_logits(tiny, tmp_path):
     assert torch.equal(model_logits(loaded, ids, pixels), model_logits(model, ids, pixels))
 
 
-def _torchvision_imports() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # absent, or a build for another torch (fails while registering its ops)
-        return False
-    return True
+def _processor_inputs(out: Path, image: Image.Image, question: str, **kwargs) -> dict:
+    """What `AutoProcessor` gives for one image + question (the project's environment has the
+    torchvision build that lets transformers construct `InternVLProcessor`)."""
+    processor = AutoProcessor.from_pretrained(out, **kwargs)
+    assert type(processor).__name__ == "InternVLProcessor"
+    prompt = processor.apply_chat_template(_messages(question), add_generation_prompt=True)
+    return dict(processor(images=[image], text=[prompt], return_tensors="pt"))
 
 
-def _processor_inputs(out: Path, image: Image.Image, question: str) -> dict:
-    """What `AutoProcessor` gives for one image + question.
+def _messages(question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
-    transformers builds `InternVLProcessor` only where torchvision imports (its video processor
-    needs it). Elsewhere the same steps run from the exported files, as the export's module doc
-    says: the tokenizer's chat template, the image processor's tiling, and each `<image>`
-    expanded to `image_seq_length` context tokens per tile.
-    """
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    if _torchvision_imports():
-        processor = AutoProcessor.from_pretrained(out)
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        return dict(processor(images=[image], text=[prompt], return_tensors="pt"))
-    with pytest.raises(ImportError, match="(?i)torchvision"):
-        AutoProcessor.from_pretrained(out)  # the documented limit, not some other failure
+
+def _tokenizer_route_inputs(out: Path, image: Image.Image, question: str) -> dict:
+    """The same inputs without torchvision, as the export's module doc says: the tokenizer's chat
+    template, the image processor's tiling, and each `<IMG_CONTEXT>` placeholder expanded to
+    `image_seq_length` context tokens per tile."""
     tok = AutoTokenizer.from_pretrained(out)
-    image_processor = AutoImageProcessor.from_pretrained(out)
+    image_processor = AutoImageProcessor.from_pretrained(out, backend="pil")
     seq = json.loads((out / "processor_config.json").read_text())["image_seq_length"]
     pixels = image_processor(images=[image], crop_to_patches=True, return_tensors="pt")["pixel_values"]
-    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(_messages(question), tokenize=False, add_generation_prompt=True)
     image_text = (
         tok.start_image_token + tok.context_image_token * (seq * pixels.shape[0]) + tok.end_image_token
     )
-    ids = tok(prompt.replace("<image>", image_text, 1), add_special_tokens=False, return_tensors="pt")
+    assert prompt.count(tok.context_image_token) == 1
+    text = prompt.replace(tok.context_image_token, image_text, 1)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
     return {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"], "pixel_values": pixels}
 
 
@@ -111,13 +107,27 @@ def test_exported_processor_reproduces_training_inputs_and_generates(tiny, tmp_p
     assert (record["min_dynamic_patch"], record["max_dynamic_patch"]) == (2, 6)
 
     question = "What is in the picture?"
-    inputs = _processor_inputs(out, Image.open(ASSET).convert("RGB"), question)
+    image = Image.open(ASSET).convert("RGB")
     size = model.config.vision_config.image_size[0]
     ids, tiles = _training_inputs(tok, size, model.config.image_seq_length, (2, 6), question)
     assert tiles.shape[0] == 7  # 6 tiles + thumbnail: the budget matters for this photo
-    torch.testing.assert_close(inputs["pixel_values"], tiles, atol=1e-6, rtol=0)
+    # Bit for bit where the image processor is the PIL one training's tiling matches.
+    pil = AutoImageProcessor.from_pretrained(out, backend="pil")
+    for route in (
+        _processor_inputs(out, image, question, image_processor=pil),
+        _tokenizer_route_inputs(out, image, question),
+    ):
+        torch.testing.assert_close(route["pixel_values"], tiles, atol=1e-6, rtol=0)
+        assert route["input_ids"][0].tolist() == ids.tolist()
+    # AutoProcessor's default (torchvision) backend: the same ids; its bicubic resize rounds a few
+    # values to the neighbouring 8-bit level (one level is 1/255 of the channel's std).
+    inputs = _processor_inputs(out, image, question)
     assert inputs["input_ids"][0].tolist() == ids.tolist()
-
+    std = json.loads((out / "preprocessor_config.json").read_text())["image_std"]
+    one_level = 1 / 255 / min(std)
+    diff = (inputs["pixel_values"] - tiles).abs()
+    assert diff.max() <= one_level + 1e-5
+    assert (diff > 1e-6).float().mean() < 0.01
     loaded = AutoModelForImageTextToText.from_pretrained(out)
     generated = loaded.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]

@@ -4,7 +4,8 @@ A block runs in a fresh subprocess inside a workspace holding what the README sa
 there: component directories ``ckpt/vision`` and ``ckpt/llm`` (what ``python -m
 internvl_lightning components --out_dir ckpt`` writes; here a tiny ViT with InternViT's 448-px,
 14-px-patch geometry, so the data defaults of 256 tokens per tile hold) and ``shards/stage1``, the
-``shard`` command's output for a small stage-1 caption set. The block's text is run unchanged
+``shard`` command's output for a small stage-1 caption set, ``export/hf`` (an HF-native export of
+those components) and ``photo.jpg`` (a real photograph). The block's text is run unchanged
 except for ``SUBSTITUTIONS``: the run length only, each of which must occur in a block exactly once.
 """
 
@@ -20,9 +21,12 @@ from pathlib import Path
 import pytest
 
 from internvl_lightning.data.shard import shard_dataset
+from internvl_lightning.export.hf import export_hf
+from internvl_lightning.model.build import build_model
 from internvl_lightning.model.components import write_components
 from internvl_lightning.model.presets import LLM_PRESETS, VisionPreset, VLMPreset
-from tests.helpers import REPO
+from internvl_lightning.tokenizer import load_tokenizer
+from tests.helpers import IMAGES, REPO
 from tests.helpers.datagen import image_bytes
 
 DOCUMENTS = ("README.md", "conf/README.md")
@@ -39,6 +43,8 @@ TINY_448 = VLMPreset(
 OUTCOMES = {
     # "From Python": two optimizer steps of fit, then Lightning's default checkpoint
     "trainer.fit(model, datamodule=data)": "lightning_logs/version_0/checkpoints/epoch=0-step=2.ckpt",
+    # the export in plain transformers: it writes nothing; it must run and print an answer
+    'processor = AutoProcessor.from_pretrained("export/hf")': None,
 }
 CAPTIONS = ("A red square.", "A blue circle.", "Two green triangles.", "An empty picture.")
 
@@ -83,7 +89,9 @@ def write_caption_meta(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme")
-    _, llm = write_components(TINY_448, root / "ckpt", seed=0)
+    vision, llm = write_components(TINY_448, root / "ckpt", seed=0)
+    export_hf(build_model(vision=vision, llm=llm), root / "export" / "hf", load_tokenizer(llm))
+    shutil.copy(IMAGES / "image1.jpg", root / "photo.jpg")
     report = shard_dataset(write_caption_meta(root / "raw"), llm, root / "shards" / "stage1", progress=False)
     assert report.datasets["captions"].kept == 8, report.to_text()
     return root
@@ -96,8 +104,9 @@ def test_the_readme_has_a_python_example_and_every_substitution_is_used():
         assert uses == 1, f"substitution {old!r} occurs {uses} times in the blocks, not once"
 
 
-def outcome(code: str) -> str:
-    """The file a block is known to write; a block without an entry in ``OUTCOMES`` fails."""
+def outcome(code: str) -> str | None:
+    """The file a block is known to write (None: it prints, and must print something); a block
+    without an entry in ``OUTCOMES`` fails."""
     known = [made for line, made in OUTCOMES.items() if line in code.splitlines()]
     assert len(known) == 1, (
         f"add the file this block writes to OUTCOMES (found {len(known)} entries):\n{code}"
@@ -119,4 +128,7 @@ def test_python_block_runs_as_written(document, line, code, workspace, tmp_path)
         timeout=BLOCK_TIMEOUT_S,
     )
     assert done.returncode == 0, f"{document}:{line} failed:\n{done.stderr[-4000:]}"
-    assert (cwd / expected).is_file(), sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*.ckpt"))
+    if expected is None:
+        assert done.stdout.strip(), f"{document}:{line} printed nothing"
+    else:
+        assert (cwd / expected).is_file(), sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*.ckpt"))

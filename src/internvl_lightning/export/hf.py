@@ -11,11 +11,15 @@ they are. What an export adds is everything a server needs beside them:
   * the training record (`model/record.py`): template, normalisation and tile range, which the
     next stage, `evaluate`, `chat` and later exports read back.
 
-`AutoProcessor.from_pretrained(export)` builds an `InternVLProcessor`, which transformers only
-constructs where torchvision imports (its video processor uses it, even for images). Without
-torchvision the same inputs come from `AutoTokenizer` (its chat template) and
-`AutoImageProcessor` (the tiling), with each `<image>` expanded to `image_seq_length` context
-tokens per tile (`processor_config.json`).
+`AutoProcessor.from_pretrained(export)` builds an `InternVLProcessor` (transformers constructs it
+only where torchvision imports: its video processor uses it, even for images; `make install`
+installs the torchvision build that matches the pinned torch). The chat template marks each image
+with one `<IMG_CONTEXT>` line, the placeholder that processor looks for and expands into
+`<img>` + `image_seq_length` context tokens per tile + `</img>`: the tokens training encodes for an
+`<image>` line. A host without torchvision gets the same inputs from `AutoTokenizer` (the chat
+template) and `AutoImageProcessor` (the tiling), expanding each placeholder itself. A video is
+expanded by the processor as `Frame1: ...` lines, where InternVL's training (and ours) writes
+`Frame-1: ...`: transformers' convention, one token apart, left as it is.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from .tokenizer import save_tokenizer
 def chat_template(template: str = "internvl2_5") -> str:
     """A Jinja chat template that renders what training saw with our `template`.
 
-    Every turn is `role + content + end + suffix`; images and videos become `<image>`/`<video>`
-    lines, which `InternVLProcessor` expands into `<img><IMG_CONTEXT>...</img>`. A conversation
+    Every turn is `role + content + end + suffix`; images and videos become `<IMG_CONTEXT>` /
+    `<video>` lines, the placeholders `InternVLProcessor` expands (an image into
+    `<img><IMG_CONTEXT>...</img>`, as training encodes `<image>`). A conversation
     without a system turn gets the template's training system prompt, as in training.
     """
     t = get_template(template)
@@ -55,7 +60,7 @@ def chat_template(template: str = "internvl2_5") -> str:
         "{{- roles[message['role']] }}"
         "{%- if message['content'] is string %}{{- message['content'] }}"
         "{%- else %}{%- for item in message['content'] %}"
-        "{%- if item['type'] == 'image' %}{{- '<image>\\n' }}"
+        "{%- if item['type'] == 'image' %}{{- '" + IMG_CONTEXT_TOKEN + "\\n' }}"
         "{%- elif item['type'] == 'video' %}{{- '<video>\\n' }}"
         "{%- elif item['type'] == 'text' %}{{- item['text'] }}{%- endif %}"
         "{%- endfor %}{%- endif %}"
