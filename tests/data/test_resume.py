@@ -61,17 +61,17 @@ def test_restart_reads_no_consumed_shard(shard_dir, monkeypatch):  # noqa: F811
     assert w["epoch"] == 0 and w["shuffle"] and w["packer_refs"]
 
     opens, fetches = [], []
-    real_open, real_fetch = sources.open_url, stream.fetch_sample
+    real_open, real_fetch = sources._open_sized, stream.fetch_sample
 
-    def counting_open(url, offset=0):
+    def counting_open(url, offset):
         opens.append((url, offset))
         return real_open(url, offset)
 
-    def counting_fetch(url, offset, key=None):
+    def counting_fetch(url, offset, key=None, expect=None):
         fetches.append((url, offset))
-        return real_fetch(url, offset, key)
+        return real_fetch(url, offset, key, expect)
 
-    monkeypatch.setattr(sources, "open_url", counting_open)
+    monkeypatch.setattr(sources, "_open_sized", counting_open)
     monkeypatch.setattr(stream, "fetch_sample", counting_fetch)
     resumed = ResumableLoader(fake_stream(shard_dir, seed=1, shuffle_buffer=5, shuffle_shards=False))
     resumed.load_state_dict(state)

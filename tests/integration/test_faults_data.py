@@ -1,19 +1,23 @@
 """Fault injection on the data side: each test breaks one thing and asserts the exact outcome.
 
 Classes: index paths that would execute or escape (1), streams that cannot produce a batch (2),
-corrupted / truncated / replaced shards and lying indexes (3), resume on changed data (4),
+corrupted / truncated / replaced shards (local or over http) and lying indexes (3), resume on
+changed data, also a sample changed in place while it waited in a saved state (4),
 oversized media (5), meta-file mistakes (6), skip counts and rate-limited warnings (7).
 Tiny shards, fake encoder (sizes from each record's ``_meta``), CPU, seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import logging
 import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -303,6 +307,59 @@ def test_shard_replaced_by_another_of_the_same_size(tmp_path):
     )
 
 
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory with a Content-Length per file; logs nothing."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _NoLength(_QuietFiles):
+    """Serves files without announcing their length: the body ends when the connection closes."""
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(path.read_bytes())
+
+
+@contextlib.contextmanager
+def serve(root: Path, handler: type) -> Iterator[str]:
+    """``root`` over http on 127.0.0.1 (a thread) for the duration: yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("handler", [_QuietFiles, _NoLength], ids=["length announced", "no length"])
+def test_remote_shard_of_another_size_is_skipped_and_named(tmp_path, handler):
+    root = write_v3(tmp_path, {"img": (8, 4)})
+    shard = root / "img" / "shard-000001.tar"
+    data = shard.read_bytes()
+    cut = -(-len(data.rstrip(b"\0")) // 512) * 512 + 1024  # every sample and the tar end stay; padding goes
+    shard.write_bytes(data[:cut])
+    with serve(root, handler) as url:
+        w = stream(url, stop_at_epoch_end=True, shuffle_shards=False).worker()
+        got = sorted(ids_of(w.run()))
+    # An announced length is checked on opening; otherwise the bytes read tell at the shard's end.
+    last = 4 if handler is _QuietFiles else 8
+    assert got == [("img", f"{i:09d}") for i in range(1, last + 1)]
+    assert w.stats["shard_errors"] == 1 and w.stats["errors"] == 0
+    err = w.stats["last_errors"][-1]
+    assert err["kind"] == "shard" and err["url"] == f"{url}/img/shard-000001.tar"
+    assert f"{url}/img/shard-000001.tar: shard is {cut} bytes, index.json says {len(data)}" in err["error"]
+
+
 def test_index_count_disagreeing_with_its_shard(tmp_path):
     root = write_v3(tmp_path, {"img": (8, 4)})
     index = json.loads((root / "index.json").read_text())
@@ -394,6 +451,35 @@ def test_same_stream_resumes(tmp_path):
     again = ResumableLoader(stream(root, seed=1))
     again.load_state_dict(_saved(root))
     assert ids_of(take(again, 2)) == ids_of(full[3:])
+
+
+@pytest.mark.parametrize("held_in", ["shuffle", "packer_refs"])
+def test_sample_changed_in_place_while_in_a_saved_state_is_skipped_on_resume(tmp_path, caplog, held_in):
+    root = write_v3(tmp_path, {"img": (12, 4), "text": (8, 4)})
+
+    def loader() -> ResumableLoader:
+        return ResumableLoader(stream(root, seed=1, stop_at_epoch_end=True))
+
+    epoch = list(loader())
+    saved = loader()
+    take(saved, 1)
+    state = saved.state_dict()
+    dataset, url, offset, key = state["workers"]["0"][held_in][0][:4]  # read, not yet in a batch
+    rest = ids_of(epoch[1:])
+    assert (dataset, key) in rest
+    _corrupt(Path(url), offset + 512 * 3 + 10)  # its image bytes: same size, other content
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    with caplog.at_level(logging.WARNING, logger="internvl_lightning.data.stream"):
+        got = ids_of(resumed)
+    assert sorted(got) == sorted(i for i in rest if i != (dataset, key))  # the stream goes on without it
+    stats = resumed.worker_stats()[0]
+    assert stats["skipped"] == {"checksum": 1} and stats["shard_errors"] == 0
+    err = stats["last_errors"][-1]
+    assert (err["reason"], err["url"], err["key"], err["offset"]) == ("checksum", url, key, offset)
+    assert f"sample {key!r} (byte {offset}) fails its checksum" in err["error"]
+    assert f"skipping sample {dataset}:{key} ({url} @ byte {offset}): CorruptSample: " in caplog.text
 
 
 def test_datamodule_passes_the_restart_flag(tmp_path, vlm_tokenizer):

@@ -1,9 +1,11 @@
-"""Faults on the training side, each with its exact outcome: SIGTERM while the loader waits, and a
-DeepSpeed checkpoint whose pickle would run code."""
+"""Faults on the training side, each with its exact outcome: SIGTERM while the loader waits (one
+process, and two where one rank's loader never returns), and a DeepSpeed checkpoint whose pickle
+would run code."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 
 from internvl_lightning.training.integrity import record, verify
-from tests.helpers.launch import start
+from tests.helpers.launch import free_port, start
 from tests.helpers.streams import write_shards
 
 
@@ -65,6 +67,116 @@ def test_sigterm_while_the_loader_waits_saves_and_exits_promptly(tiny_components
     got = read_losses(run_dir / "losses.jsonl")
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # nothing trained twice or skipped
     assert all(r["loss"] == want[r["step"]] for r in got), (got, want)
+
+
+def start_ranks(args: list[str], logdir: Path, tag: str, **env: str) -> list:
+    """fit_stuck_rank.py as 2 local ranks (torchrun-style env vars), logs in LOGDIR/<tag>-rank<r>.log."""
+    ranks = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", NODE_RANK="0")
+    return [
+        start(
+            "fit_stuck_rank.py",
+            args,
+            logdir / f"{tag}-rank{r}.log",
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            **ranks,
+            **env,
+        )
+        for r in range(2)
+    ]
+
+
+GRACE = 5  # seconds (INTERNVL_SIGTERM_GRACE): short, so the test is quick
+
+
+def test_sigterm_with_one_rank_stuck_in_its_loader_ends_both_after_the_grace(tiny_components, tmp_path):
+    """Rank 1's loader blocks for good at step 4; rank 0 waits for it in the gradient all-reduce.
+    SIGTERM to both: each exits 143 shortly after the grace, with one ERROR line, and the periodic
+    checkpoint of step 2 stays intact and resumes."""
+    vision, llm = (str(p) for p in tiny_components)
+    run = tmp_path / "run"
+    run.mkdir()
+    args = [vision, llm, str(write_shards(tmp_path / "shards")), str(run)]
+    ckpt = run / "checkpoints" / "epoch=0-step=2.ckpt"
+    procs = start_ranks([*args, "6", str(STALL_AT)], run, "stuck", INTERNVL_SIGTERM_GRACE=str(GRACE))
+    try:
+        deadline = time.monotonic() + 300
+        while not ((run / "stalled").exists() and (run / "checkpoints" / "last.ckpt").exists()):
+            assert all(p.poll() is None for p in procs), [
+                (run / f"stuck-rank{r}.log").read_text()[-3000:] for r in (0, 1)
+            ]
+            assert time.monotonic() < deadline, "rank 1 never stalled"
+            time.sleep(0.05)
+        time.sleep(1)  # rank 0 reaches the all-reduce that rank 1 never joins
+        sent = time.monotonic()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p in procs]
+        took = time.monotonic() - sent
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    logs = [(run / f"stuck-rank{r}.log").read_text() for r in (0, 1)]
+    assert codes == [143, 143], [log[-3000:] for log in logs]
+    assert GRACE <= took < 30
+    for rank, log in enumerate(logs):
+        lines = [ln for ln in log.splitlines() if ln.startswith("ERROR: ")]
+        assert len(lines) == 1, log[-3000:]
+        assert lines[0].startswith(
+            f"ERROR: [rank {rank}] SIGTERM: the ranks did not stop together within {GRACE} s"
+        )
+        assert lines[0].endswith(
+            f"exiting with status 143: no checkpoint was written this time; "
+            f"a rerun with --ckpt_path=last resumes from {ckpt}"
+        )
+    assert "(this rank is waiting for the data loader)" in logs[1]
+    assert "(this rank is waiting in " in logs[0]
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.resolve() == ckpt.resolve() and verify(last).intact and not verify(last).unverified
+
+    again = start_ranks([*args, "4", "-1", "last"], run, "again")
+    try:
+        codes = [p.wait(timeout=300) for p in again]
+    finally:
+        for p in again:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], [(run / f"again-rank{r}.log").read_text()[-3000:] for r in (0, 1)]
+    resumed = [r for r in read_losses(run / "losses-rank0.jsonl") if r["pid"] == again[0].pid]
+    assert [r["step"] for r in resumed] == [3, 4]  # on from the step-2 checkpoint
+
+
+def test_sigterm_on_two_ranks_stops_both_at_one_batch_and_saves(tiny_components, tmp_path):
+    """No rank stuck: the ranks agree at a batch end, save that step and exit 143 well within the grace."""
+    vision, llm = (str(p) for p in tiny_components)
+    run = tmp_path / "run"
+    run.mkdir()
+    args = [vision, llm, str(write_shards(tmp_path / "shards")), str(run)]
+    procs = start_ranks([*args, "40", "-1"], run, "plain", INTERNVL_SIGTERM_GRACE="60")
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_losses(run / "losses-rank0.jsonl")) < 3:
+            assert all(p.poll() is None for p in procs), (run / "plain-rank0.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "training never reached step 3"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in procs]
+        took = time.monotonic() - sent
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    log = (run / "plain-rank0.log").read_text()
+    assert codes == [143, 143] and took < 60, log[-3000:]
+    found = re.search(r"stopped by SIGTERM after step (\d+) \(step \1\); checkpoint (\S+)", log)
+    assert found, log[-3000:]
+    assert "ERROR: " not in log + (run / "plain-rank1.log").read_text()
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.resolve() == Path(found[2]).resolve() and verify(last).intact
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == int(found[1])
 
 
 class OpensAFile:

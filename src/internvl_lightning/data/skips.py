@@ -31,6 +31,12 @@ def skip_reason(e: Exception | str) -> str:
     return "encode_error"
 
 
+def refetch_reason(e: Exception) -> str:
+    """The counter of a sample that cannot be read back on resume: the check that failed (``checksum``,
+    ``shard_changed``), else ``unreadable`` (the shard is gone or no longer a tar)."""
+    return getattr(e, "reason_code", None) or "unreadable"
+
+
 def packer_reason(message: str) -> str:
     """The counter of a sample the packer refused (its ``stats["rejected"]`` reason text)."""
     if message.startswith("num_tokens"):

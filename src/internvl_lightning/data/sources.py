@@ -126,7 +126,19 @@ def _skip(f: BinaryIO, n: int) -> None:
         n -= len(chunk)
 
 
-def _open_http(url: str, offset: int, retries: int = 3) -> BinaryIO:
+def _http_size(resp: Any, offset: int) -> int | None:
+    """The whole file's size as the server announces it (Content-Range / Content-Length), or None."""
+    if resp.status == 206:
+        total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+        if total.isdigit():
+            return int(total)
+    length = resp.headers.get("Content-Length") or ""
+    if not length.isdigit():
+        return None
+    return int(length) + (offset if resp.status == 206 else 0)  # a 200 sends it all, then skipped
+
+
+def _open_http(url: str, offset: int, retries: int = 3) -> Any:
     # A ranged GET enters the shard at `offset`; a server that ignores Range answers 200 with the
     # whole body, which is then skipped forward.
     headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -144,18 +156,24 @@ def _open_http(url: str, offset: int, retries: int = 3) -> BinaryIO:
     return resp
 
 
-def open_url(url: str, offset: int = 0) -> BinaryIO:
-    """A readable binary stream of ``url`` positioned at byte ``offset``."""
+def _open_sized(url: str, offset: int) -> tuple[BinaryIO, int | None]:
+    """``url`` positioned at byte ``offset``, and the whole file's size when known before reading."""
     if _is_local(url):
         f = open(_local_path(url), "rb")  # noqa: SIM115 - the caller closes it
         if offset:
             f.seek(offset)
-        return f
+        return f, _file_size(f)
     if urlparse(url).scheme in ("http", "https"):
-        return _open_http(url, offset)
+        resp = _open_http(url, offset)
+        return resp, _http_size(resp, offset)
     f = gopen(url, "rb")
     _skip(f, offset)
-    return f
+    return f, None
+
+
+def open_url(url: str, offset: int = 0) -> BinaryIO:
+    """A readable binary stream of ``url`` positioned at byte ``offset``."""
+    return _open_sized(url, offset)[0]
 
 
 def _file_size(f: BinaryIO) -> int | None:
@@ -164,6 +182,27 @@ def _file_size(f: BinaryIO) -> int | None:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         return None
     return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+class _Counted:
+    """A stream that counts the bytes read from it: the size of a shard whose length was not announced."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self.count = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> int:
+        """Read on to the end of the stream; the bytes read in all."""
+        while self.read(1 << 20):
+            pass
+        return self.count
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def read_json(url: str) -> Any:
@@ -296,14 +335,15 @@ class TarSamples:
 
     Members are grouped by key; after a sample is returned, the header of the next member has been
     read already, so ``next_offset`` is exact (None at the end of the archive). ``size``: the file's
-    size when it is a local file (else None).
+    size, from the start when it is a local file or a server announced its length; otherwise None
+    until the end of the archive, then the bytes up to the end of the stream.
     """
 
     def __init__(self, url: str, offset: int = 0) -> None:
         self.url = url
         self.base = offset
-        self._f = open_url(url, offset)
-        self.size = _file_size(self._f)
+        f, self.size = _open_sized(url, offset)
+        self._f: Any = f if self.size is not None else _Counted(f)
         self._tar = tarfile.open(fileobj=self._f, mode="r|")  # noqa: SIM115
         self._next = self._tar.next()
         self.next_offset: int | None = self._offset(self._next)
@@ -319,7 +359,7 @@ class TarSamples:
         while m is not None and not m.isfile():
             m = self._tar.next()
         if m is None:
-            self.next_offset = None
+            self._ended()
             raise StopIteration
         key = split_name(m.name)[0]
         sample = RawSample(key, self.url, self.base + m.offset)
@@ -332,7 +372,15 @@ class TarSamples:
             m = self._tar.next()
         self._next = m
         self.next_offset = self._offset(m)
+        if m is None:
+            self._ended()
         return sample
+
+    def _ended(self) -> None:
+        """The archive ended: a stream of unannounced length is read to its end to learn its size."""
+        self.next_offset = None
+        if isinstance(self._f, _Counted) and self.size is None:
+            self.size = self.base + self._f.drain()
 
     def close(self) -> None:
         self._tar.close()
@@ -345,11 +393,33 @@ class TarSamples:
         self.close()
 
 
-def fetch_sample(url: str, offset: int, key: str | None = None) -> RawSample:
-    """Read the one sample that starts at ``offset`` (checks its key when given)."""
-    with TarSamples(url, offset) as it:
+def open_checked(url: str, offset: int = 0, expect: ShardExpect | None = None) -> TarSamples:
+    """A reader of shard ``url`` from ``offset``, its size and start checked against ``expect``.
+
+    Raises :class:`.verify.ShardMismatch` (the reader closed) when the index disagrees.
+    """
+    reader = TarSamples(url, offset)
+    if expect is not None:
+        try:
+            expect.check_size(reader.size)
+            expect.check_start(offset)
+        except ShardMismatch:
+            reader.close()
+            raise
+    return reader
+
+
+def fetch_sample(
+    url: str, offset: int, key: str | None = None, expect: ShardExpect | None = None
+) -> RawSample:
+    """Read the one sample that starts at ``offset``: its key checked when given, and with ``expect``
+    the shard's size and the sample's key and checksum, as when it was first read
+    (:class:`.verify.ShardMismatch`, :class:`.verify.CorruptSample`)."""
+    with open_checked(url, offset, expect) as it:
         sample = next(it, None)
     if sample is None or (key is not None and sample.key != key):
         found = None if sample is None else sample.key
-        raise ValueError(f"{url}@{offset}: expected sample {key!r}, found {found!r} (shard changed?)")
+        raise ShardMismatch(f"{url}@{offset}: expected sample {key!r}, found {found!r} (shard changed?)")
+    if expect is not None:
+        expect.check_sample(sample.key, sample.offset, sample.members.items())
     return sample

@@ -12,6 +12,8 @@ shuffle buffer and in the packer: dataset, shard URL, byte offset, tar key). The
 with the batch; :class:`ResumableLoader` keeps the last one per worker as batches are consumed. On
 load, cursors reopen their shard at the byte offset and buffered samples are fetched back by
 seeking to their offsets and encoded again with the same seed, so nothing consumed is re-read.
+A sample fetched back is checked as on its first read (:mod:`.verify`); one that fails (changed
+in place, its shard replaced or gone) is skipped and counted, and the stream goes on without it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,16 @@ from .fingerprint import DataChanged, changed_parts, fingerprint, settings_of
 from .memory import reuse_freed_memory
 from .meta import mixture_weights
 from .packing import Packer, sample_key
-from .skips import LOG_FIRST, MAX_SKIPS_WITHOUT_BATCH, NoBatches, packer_reason, skip_reason, worth_logging
-from .sources import DatasetSource, RawSample, ShardInfo, TarSamples, fetch_sample
+from .skips import (
+    LOG_FIRST,
+    MAX_SKIPS_WITHOUT_BATCH,
+    NoBatches,
+    packer_reason,
+    refetch_reason,
+    skip_reason,
+    worth_logging,
+)
+from .sources import DatasetSource, RawSample, ShardInfo, TarSamples, fetch_sample, open_checked
 from .verify import CorruptSample, ShardExpect, ShardMismatch
 
 log = logging.getLogger(__name__)
@@ -151,10 +161,7 @@ class _Cursor:
 
     def _open(self, info: ShardInfo) -> None:
         self._expect = info.expect() if self.w.ds.verify else None
-        self._reader = TarSamples(info.url, self.offset)
-        if self._expect is not None:
-            self._expect.check_size(self._reader.size)
-            self._expect.check_start(self.offset)
+        self._reader = open_checked(info.url, self.offset, self._expect)
 
     def _step(self, info: ShardInfo, stride: int, phase: int, copy_: int) -> tuple[RawSample, Ref] | bool:
         """One sample of the current shard: the item to hand out, True to read on, False to leave it."""
@@ -181,9 +188,11 @@ class _Cursor:
             return False
 
     def _leave(self, info: ShardInfo | None) -> None:
-        """Close the shard; when its archive ended, the samples read must be all that its index counts."""
+        """Close the shard; when its archive ended, its size (known only now for a stream whose length
+        was not announced) and the samples read must be what its index says."""
         if self._expect is not None and self.offset is None and info is not None:
             try:
+                self._expect.check_size(None if self._reader is None else self._reader.size)
                 self._expect.check_end(self.pos)
             except ShardMismatch as e:
                 self.w.note_error("shard", self.src.name, info.url, None, None, e)
@@ -269,17 +278,42 @@ class _Worker:
         self.mix_rng, self.shuffle_rng = np.random.default_rng(), np.random.default_rng()
         self.mix_rng.bit_generator.state = st["mix_rng"]
         self.shuffle_rng.bit_generator.state = st["shuffle_rng"]
-        # Buffered samples are fetched back by seeking to their byte offsets.
-        self.buffer = [(fetch_sample(ref[1], ref[2], ref[3]), ref) for ref in st["shuffle"]]
+        # Buffered samples are fetched back by seeking to their byte offsets, checked as when first read.
+        expects: dict[str, ShardExpect | None] = {}
+        fetched = [(self._refetch(ref, expects), ref) for ref in st["shuffle"]]
+        self.buffer = [(raw, ref) for raw, ref in fetched if raw is not None]
         refs = {(ref[0], sample_id(ref)): ref for ref in st["packer_refs"]}
+        raws = {key: self._refetch(ref, expects) for key, ref in refs.items()}
 
         def lookup(key: tuple[str, str]) -> Any:
             ref = refs[key]
-            sample = self._encode(fetch_sample(ref[1], ref[2], ref[3]), ref, strict=True)
+            sample = self._encode(raws[key], ref, strict=True)
             self._refs[key] = ref
             return sample
 
-        self.packer.load_state_dict(st["packer"], lookup)
+        gone = {key for key, raw in raws.items() if raw is None}
+        self.packer.load_state_dict(_without(st["packer"], gone), lookup)
+
+    def _refetch(self, ref: Ref, expects: dict[str, ShardExpect | None]) -> RawSample | None:
+        """A sample of a saved state read back and checked like a first read; None (counted) if it fails.
+
+        ``expects``: what the index says of each shard, read once per shard while loading a state.
+        """
+        dataset, url, offset, key = ref[:4]
+        try:
+            if url not in expects:
+                expects[url] = self._expect_of(dataset, url)
+            return fetch_sample(url, offset, key, expects[url])
+        except Exception as e:  # the sample alone: the shard's other samples are checked as they come
+            self.note_error("sample", dataset, url, offset, key, e, refetch_reason(e))
+            return None
+
+    def _expect_of(self, dataset: str, url: str) -> ShardExpect | None:
+        if not self.ds.verify:
+            return None
+        shards = self.ds.sources[self.ds.names[dataset]].shards
+        info = next((s for s in shards if s.url == url), None)
+        return None if info is None else info.expect()
 
     # -- pipeline ---------------------------------------------------------------------------
     def _totals(self) -> dict[str, int]:
@@ -446,6 +480,23 @@ class _Worker:
                 return
             self.epoch += 1
             self._new_epoch()
+
+
+def _without(packer: dict, gone: set[tuple[str, str]]) -> dict:
+    """A packer state less the samples ``gone`` (packs left empty dropped)."""
+
+    def kept(entries: list[dict]) -> list[dict]:
+        return [e for e in entries if (e["dataset"], e["id"]) not in gone]
+
+    if not gone:
+        return packer
+    ready = [dict(p, samples=kept(p["samples"])) for p in packer["ready"]]
+    return dict(
+        packer,
+        open=[b for b in map(kept, packer["open"]) if b],
+        pool=kept(packer["pool"]),
+        ready=[p for p in ready if p["samples"]],
+    )
 
 
 class PackedStream(IterableDataset):

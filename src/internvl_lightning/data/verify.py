@@ -3,14 +3,17 @@
 What the shard tool records (index version 3) and what the reader checks:
 
 - per shard in ``index.json``: ``size`` (bytes) and ``sha256`` of the tar. The size is checked when
-  a shard is opened (a stat, so also when resuming in the middle); the sha256 identifies the shard
+  a shard is opened (a stat, so also when resuming in the middle; over http the length the server
+  announces, else the bytes read up to the end of the shard); the sha256 identifies the shard
   in the data fingerprint (a shard replaced by another of the same size still differs there) and
   is not recomputed on every read, which would cost a full extra pass over the data;
 - per sample in the shard's ``.samples.json`` sidecar: key, byte offset and ``crc32`` of its
   members (:func:`sample_crc`). Every sample read is checked: its key must be the one recorded at
   its offset (else the shard and its index disagree: the rest of the shard is skipped) and its CRC
   must match (else that sample is skipped); at the end of the shard, the count read must equal the
-  recorded count (a shard truncated at a sample boundary).
+  recorded count (a shard truncated at a sample boundary). Samples that a resumed stream reads
+  back (those that were in its shuffle buffer or packer) get the same checks; one that fails is
+  skipped and counted, the stream goes on.
 
 Older indexes (versions 1-2) carry keys and offsets but no sizes or CRCs: they stay readable,
 checked for keys, offsets and counts only, and the reader says so once.
@@ -39,7 +42,12 @@ class UnsafeIndexPath(ValueError):
 
 
 class ShardMismatch(ValueError):
-    """A shard that disagrees with its index (size, key at an offset, sample count): skip its rest."""
+    """A shard that disagrees with its index (size, key at an offset, sample count): skip its rest.
+
+    A sample read back on resume from such a shard is skipped alone, counted as ``shard_changed``.
+    """
+
+    reason_code = "shard_changed"
 
 
 class CorruptSample(ValueError):

@@ -33,9 +33,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
+from .. import logs as console
 from ..model.load import load_vlm_and_tokenizer
 from ..tokenizer import TokenizerSource, load_tokenizer
-from . import console, self_contained
+from . import preempt, self_contained
 from .integrity import SUFFIX, VERIFY_LEVELS, newest_intact, record, verify
 from .preempt import Preempted, SigtermStop
 from .wiring import tokenizer_dir
@@ -131,6 +132,9 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             and missing files, for very large sharded checkpoints) or "none".
         save_on_sigterm: on SIGTERM, save the current state (if newer than the last checkpoint),
             then exit with status 143 (see `preempt.py`).
+        sigterm_grace: under several ranks, seconds the ranks may take to stop together after a
+            SIGTERM before each exits with status 143 without saving (a rank whose loader never
+            returns); default `$INTERNVL_SIGTERM_GRACE`, else 60.
 
     Every save goes to `.staging-<name>`; after all ranks have written, the ranks hash it (a
     `<name>.sha256.json` sidecar, `integrity.py`), then global rank 0 renames it to `<name>` and,
@@ -150,16 +154,23 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     """
 
     def __init__(
-        self, *args: Any, verify: str = "sha256", save_on_sigterm: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        verify: str = "sha256",
+        save_on_sigterm: bool = True,
+        sigterm_grace: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if verify not in VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         self.verify = verify
         self.save_on_sigterm = save_on_sigterm
+        self.sigterm_grace = preempt.sigterm_grace(sigterm_grace)
         self._sigterm = SigtermStop()
         self._verified: set[str] = set()  # resolved by "last": already checked
         self._start_step = 0
+        self._resume_from: str | None = None  # the checkpoint this run started from
 
     def _links_last(self) -> bool:
         return self.save_last == "link" and self.save_top_k != 0
@@ -301,8 +312,19 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._refuse_another_runs_checkpoints(trainer)
         self._start_step = trainer.global_step
+        self._resume_from = trainer.ckpt_path
         if self.save_on_sigterm:
-            self._sigterm.install(trainer.world_size)
+            self._sigterm.install(
+                trainer.world_size,
+                trainer.global_rank,
+                self.sigterm_grace,
+                self._resume_hint,
+                forward=lambda signum: _forward_to_launched(trainer, signum),
+            )
+
+    def _resume_hint(self) -> str | None:
+        """The checkpoint a rerun with `--ckpt_path=last` would resume from, as far as this run knows."""
+        return self._last_checkpoint_saved or self._resume_from
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kw: Any
@@ -321,16 +343,25 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     ) -> None:
         self._sigterm.restore()
         if self.save_on_sigterm and isinstance(exception, (Preempted, SIGTERMException)):
+            self._sigterm.saving()
             self.save_now(trainer)
             saved = (
                 self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else None
             )
+            self._sigterm.saved(saved)
             where = f"; checkpoint {saved}" if saved else "; no newer state to save"
             console.info(f"{exception or 'stopped by SIGTERM'} (step {trainer.global_step}){where}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        self._sigterm.restore()
+        self._sigterm.finish()
+
+
+def _forward_to_launched(trainer: L.Trainer, signum: int) -> None:
+    """Pass a signal on to the processes Lightning launched itself (as its own handler does)."""
+    launcher = trainer.strategy.launcher
+    if launcher is not None:
+        launcher.kill(signum)
 
 
 def _named(path: Path) -> str:
