@@ -45,3 +45,24 @@ def test_third_party_noise_is_dropped(capsys):
     from transformers.utils import logging as hf_logging
 
     assert not hf_logging.is_progress_bar_enabled()
+
+
+def test_run_events_are_printed_every_time_by_rank_zero_only(capsys, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from internvl_lightning import logs
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    for step in (10, 10, 20):
+        logs.info(f"stopped by SIGTERM (step {step})")
+    logs.warning("no checksum file: resuming unverified")
+    assert capsys.readouterr().err.splitlines() == [
+        "stopped by SIGTERM (step 10)",
+        "stopped by SIGTERM (step 10)",
+        "stopped by SIGTERM (step 20)",
+        "WARNING: no checksum file: resuming unverified",
+    ]
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logs.info("rank 1 is silent")
+    logs.warning("rank 1 is silent")
+    assert capsys.readouterr().err == ""

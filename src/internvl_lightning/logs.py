@@ -1,9 +1,14 @@
-"""What a run prints: the library's own log lines, and third-party messages a normal run drops.
+"""What a run prints: the library's own log lines, a run's events, and third-party messages dropped.
 
 The command line (`cli.main`) calls :func:`setup_logging`. The library logs under the
 ``internvl_lightning`` logger: INFO lines plain (global rank 0 only), WARNING and above as
 ``WARNING: ...`` (every rank, tagged ``[rank N]`` in multi-process runs), each identical message
-once per process. Notebook users get the same with ``setup_logging()``.
+once per process, so a line that names its step is shown for every step. Notebook users get the
+same with ``setup_logging()``.
+
+A training run's events (schedule, data report, resume, stop) go through :func:`info` and
+:func:`warning`: printed by Lightning's global rank 0 only, every time (each is its own event),
+whether or not :func:`setup_logging` ran.
 
 Dropped third-party messages, each harmless on the runs it appears in:
 - DeepSpeed's "Setting accelerator to CPU" (printed on import, also by commands that never train:
@@ -123,3 +128,22 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)  # records still propagate: pytest's caplog, a user's own handlers
     logger.setLevel(level)
     quiet_third_party()
+
+
+def _on_rank_zero() -> bool:
+    """Lightning's global rank is 0 (its launcher's rank before a strategy sets it)."""
+    from lightning.pytorch.utilities import rank_zero_only  # imported by training code already
+
+    return rank_zero_only.rank == 0
+
+
+def warning(message: str) -> None:
+    """A run event that needs the user's attention: `WARNING: <message>` on stderr (rank 0)."""
+    if _on_rank_zero():
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def info(message: str) -> None:
+    """A run event worth reading at its end or when it happens, on stderr with the logs (rank 0)."""
+    if _on_rank_zero():
+        print(message, file=sys.stderr, flush=True)

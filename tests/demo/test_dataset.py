@@ -1,4 +1,5 @@
-"""The demo's multiple-choice data: training options shuffled (seeded), the held-out file in order."""
+"""The demo's multiple-choice data: training options shuffled (seeded), the held-out file in order;
+the full run's pass bar."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from internvl_lightning.demo.dataset import (
     write_mmbench_tsv,
     write_stage_data,
 )
+from internvl_lightning.demo.run import PASS_CIRCULAR, passes
 from internvl_lightning.demo.scenes import COLOURS, random_scene
 
 
@@ -76,3 +78,11 @@ def test_held_out_file_keeps_the_fixed_order(tmp_path):
         opts = [row[k] for k in "ABCD"]
         assert opts == [o for o in order[row["question"]] if o in opts]
         assert row[row["answer"]] in opts
+
+
+def test_the_gate_needs_the_bar_and_no_loss_against_stage1():
+    assert passes({"stage1": 0.7, "stage2": 0.7})
+    assert passes({"stage1": 0.1, "stage2": PASS_CIRCULAR})
+    assert not passes({"stage1": 0.8, "stage2": 0.7})
+    assert not passes({"stage1": 0.0, "stage2": PASS_CIRCULAR - 0.01})
+    assert not passes({"stage1": 0.0})

@@ -9,52 +9,28 @@ usage: fit_killable.py VISION LLM SHARDS OUT STEPS [CKPT_PATH]
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
-import lightning as L
-import torch
+from tests.helpers.cpu_fit import LossFile, cpu_trainer, seeded_cpu_run
 from tiny_data import tiny_datamodule
 
 from internvl_lightning.training.checkpoint import AtomicModelCheckpoint, RngState
 from internvl_lightning.training.module import InternVLChat
 
-
-class LossFile(L.Callback):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        line = {"step": trainer.global_step, "loss": float(outputs["loss"]), "pid": os.getpid()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+__all__ = ["LossFile"]  # fit_stalling.py and fit_stuck_rank.py take it from here
 
 
 def main() -> None:
     vision, llm, shards, out, steps = sys.argv[1:6]
     ckpt_path = sys.argv[6] if len(sys.argv) > 6 else None
-    torch.set_num_threads(1)
     out = Path(out)
-    L.seed_everything(0, workers=True)
+    seeded_cpu_run()
     dm = tiny_datamodule(shards, llm)
     module = InternVLChat(vision=vision, llm=llm, lr=1e-3, warmup=2, drop_path_rate=0.1)
     ckpt = AtomicModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last="link")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=int(steps),
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-        callbacks=[LossFile(out / "losses.jsonl"), RngState(), ckpt],
-    )
+    callbacks = [LossFile(out / "losses.jsonl"), RngState(), ckpt]
+    trainer = cpu_trainer(out, int(steps), callbacks, gradient_clip_val=1.0)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
 

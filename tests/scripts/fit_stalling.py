@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
-import torch
-from fit_killable import LossFile
+from tests.helpers.cpu_fit import LossFile, cpu_trainer, seeded_cpu_run
 from tiny_data import tiny_datamodule
 
 from internvl_lightning.data.stream import PackedStream
@@ -41,25 +39,14 @@ def stall_stream_at(index: int, marker: Path) -> None:
 def main() -> None:
     vision, llm, shards, out, steps, stall_at = sys.argv[1:7]
     ckpt_path = sys.argv[7] if len(sys.argv) > 7 else None
-    torch.set_num_threads(1)
     out = Path(out)
     if int(stall_at) >= 0:
         stall_stream_at(int(stall_at), out / "stalled")
-    L.seed_everything(0, workers=True)
+    seeded_cpu_run()
     module = InternVLChat(vision=vision, llm=llm, lr=1e-3, warmup=2, drop_path_rate=0.1)
     ckpt = AtomicModelCheckpoint(every_n_train_steps=100, save_top_k=-1, save_last="link")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=int(steps),
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-        callbacks=[LossFile(out / "losses.jsonl"), RngState(), ckpt],
-    )
+    callbacks = [LossFile(out / "losses.jsonl"), RngState(), ckpt]
+    trainer = cpu_trainer(out, int(steps), callbacks, gradient_clip_val=1.0)
     trainer.fit(module, datamodule=tiny_datamodule(shards, llm), ckpt_path=ckpt_path)
 
 

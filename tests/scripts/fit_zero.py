@@ -16,9 +16,8 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
 from fit_strategy import Record  # noqa: E402
+from tests.helpers.cpu_fit import cpu_trainer, seeded_cpu_run  # noqa: E402
 from tests.helpers.fake_gpu import CpuZeroStrategy  # noqa: E402
 from tiny_data import tiny_datamodule  # noqa: E402
 
@@ -29,23 +28,12 @@ from internvl_lightning.training.module import InternVLChat  # noqa: E402
 def main() -> None:
     stage, vision, llm, shards, out, steps = sys.argv[1:7]
     ckpt_path = sys.argv[7] if len(sys.argv) > 7 else None
-    torch.set_num_threads(1)
     out = Path(out)
-    L.seed_everything(0, workers=True)
+    seeded_cpu_run()
     record = Record()
     ckpt = AtomicModelCheckpoint(every_n_train_steps=1, save_top_k=-1, save_last="link")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        strategy=CpuZeroStrategy(stage=int(stage), size="100b"),
-        precision="32-true",
-        max_steps=int(steps),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-        callbacks=[record, RngState(), ckpt],
-    )
+    strategy = CpuZeroStrategy(stage=int(stage), size="100b")
+    trainer = cpu_trainer(out, int(steps), [record, RngState(), ckpt], strategy=strategy)
     module = InternVLChat(vision=vision, llm=llm, lr=1e-3)
     trainer.fit(module, datamodule=tiny_datamodule(shards, llm), ckpt_path=ckpt_path)
     result = {"start_step": record.start_step, "losses": record.losses}

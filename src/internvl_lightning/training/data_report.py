@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch.distributed as dist
 
-from . import console
+from .. import logs as console
 
 
 def _rank_totals(datamodule: Any) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
-from . import console
+from .. import logs as console
 
 # What can be non-finite in a step, in the order of the flags the monitor keeps.
 CAUSES = ("loss", "gradients", "loss_weight", "labels")

@@ -17,6 +17,11 @@ with D the weight sum of this batch, or of the whole optimizer step (gradient ac
 data parallel), which makes accumulation exactly equal to one big batch. D is a constant for
 autograd; it enters as the token weights w_t / D, so the gradients come out of the forward pass
 already divided.
+
+Liger-Kernel's fused linear cross-entropy has no per-token weight (its weight is per class); only
+from v0.8.2 does `reduction="none"` give correct gradients for per-token upstream weights, and it
+gets them by recomputing the logits in backward. It is therefore not used yet; the evidence is in
+benchmarks/README.md (figure 4).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .. import logs as console
 from ..model.build import build_model
 from ..model.forward import vlm_hidden_states
-from . import console, self_contained
+from . import self_contained
 from .data_report import DataReport
 from .dataset_metrics import per_dataset
 from .fault import NonFiniteMonitor
