@@ -67,4 +67,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from internvl_lightning.training.fit import release_process_group
+
+    try:
+        main()
+    finally:
+        release_process_group()  # an exit with the group up can abort (status -6)

@@ -31,15 +31,31 @@ class InternVLCLI(LightningCLI):
         self.config = parser.parse_args(args)
 
 
+def release_process_group() -> None:
+    """Destroy the default process group, if one is up, before the interpreter exits.
+
+    Left to interpreter shutdown, a gloo group's threads can be torn down while still joinable:
+    the process then aborts ("terminate called without an active exception", status -6) after a
+    run that completed.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_lightning(argv: list[str]) -> None:
     """Run `fit` or `validate` with `argv` (the subcommand first, as on the command line)."""
-    InternVLCLI(
-        InternVLChat,
-        InternVLDataModule,
-        args=argv,
-        auto_configure_optimizers=False,
-        # The module prints its own table of trainable parameters per component; Lightning's
-        # summary adds nothing to it but a "Total FLOPs: 0" row and a bf16 size warning.
-        trainer_defaults={"enable_model_summary": False},
-        save_config_kwargs={"overwrite": True},
-    )
+    try:
+        InternVLCLI(
+            InternVLChat,
+            InternVLDataModule,
+            args=argv,
+            auto_configure_optimizers=False,
+            # The module prints its own table of trainable parameters per component; Lightning's
+            # summary adds nothing to it but a "Total FLOPs: 0" row and a bf16 size warning.
+            trainer_defaults={"enable_model_summary": False},
+            save_config_kwargs={"overwrite": True},
+        )
+    finally:
+        release_process_group()
