@@ -9,7 +9,6 @@ import collections
 import http.server
 import json
 import logging
-import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from internvl_lightning.data.sources import (
     split_name,
 )
 from internvl_lightning.data.stream import PackedStream, plan_units
+from tests.helpers.http_serve import serve
 from tests.helpers.streams import (
     DATASETS,
     IMAGE_SIZE,
@@ -91,17 +91,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def http_root(shard_dir):
-    handler = lambda *a, **k: _RangeHandler(*a, directory=str(shard_dir), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.timeout = 5
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve(shard_dir, _RangeHandler) as url:
+        yield url
 
 
 def test_http_index_and_ranged_reads(http_root, shard_dir):

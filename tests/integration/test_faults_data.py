@@ -9,7 +9,6 @@ Tiny shards, fake encoder (sizes from each record's ``_meta``), CPU, seconds.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import logging
@@ -17,7 +16,6 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from internvl_lightning.data.video import VideoLimits, read_video
 from internvl_lightning.tokenizer import tokenizer_info
 from internvl_lightning.training.data_report import DataReport
 from tests.helpers.datagen import image_bytes, video_bytes
+from tests.helpers.http_serve import serve
 from tests.helpers.streams import (
     IMAGE_SIZE,
     TOKENS_PER_TILE,
@@ -325,20 +324,6 @@ class _NoLength(_QuietFiles):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(path.read_bytes())
-
-
-@contextlib.contextmanager
-def serve(root: Path, handler: type) -> Iterator[str]:
-    """``root`` over http on 127.0.0.1 (a thread) for the duration: yields its URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.mark.parametrize("handler", [_QuietFiles, _NoLength], ids=["length announced", "no length"])
