@@ -48,20 +48,21 @@ def start(script: str, args: list[str], log: Path, **env: str) -> subprocess.Pop
         )
 
 
+def start_ranks(
+    script: str, args: list[str], logdir: Path, nprocs: int = 2, tag: str = "", **env: str
+) -> list[subprocess.Popen]:
+    """`script` as `nprocs` local ranks (torchrun's env vars), logs in LOGDIR/<tag->rank<r>.log."""
+    ranks = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nprocs), NODE_RANK="0")
+    prefix = f"{tag}-" if tag else ""
+    return [
+        start(script, args, logdir / f"{prefix}rank{r}.log", RANK=str(r), LOCAL_RANK=str(r), **ranks, **env)
+        for r in range(nprocs)
+    ]
+
+
 def launch(script: str, args: list[str], logdir: Path, nprocs: int = 2, timeout: float = 600) -> None:
     """Run `script` on `nprocs` ranks and wait; on failure or timeout, kill all and show the logs."""
-    port = str(free_port())
-    procs = []
-    for rank in range(nprocs):
-        env = dict(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            WORLD_SIZE=str(nprocs),
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            NODE_RANK="0",
-        )
-        procs.append(start(script, args, logdir / f"rank{rank}.log", **env))
+    procs = start_ranks(script, args, logdir, nprocs)
     deadline = time.monotonic() + timeout
     try:
         while any(p.poll() is None for p in procs):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from internvl_lightning.training.integrity import record, verify
-from tests.helpers.launch import free_port, start
+from tests.helpers.launch import start, start_ranks
 from tests.helpers.streams import write_shards
 
 
@@ -25,10 +25,11 @@ def read_losses(path: Path) -> list[dict]:
 STEPS, STALL_AT = 5, 4  # the stream stalls fetching pack 4: steps 1-3 are done (one batch fetched ahead)
 
 
-def wait_for(condition, what: str, proc, log: Path, timeout: float = 300) -> None:
+def wait_for(condition, what: str, procs: list, logs: list[Path], timeout: float = 300) -> None:
+    """Poll `condition` until it holds, failing (with the logs' tails) if a process ends first."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc.poll() is None, log.read_text()[-3000:]
+        assert all(p.poll() is None for p in procs), [log.read_text()[-3000:] for log in logs]
         assert time.monotonic() < deadline, f"{what} never happened"
         time.sleep(0.05)
 
@@ -42,7 +43,7 @@ def test_sigterm_while_the_loader_waits_saves_and_exits_promptly(tiny_components
     ref = start("fit_stalling.py", [*args, str(ref_dir), str(STEPS), "-1"], ref_dir / "log.txt")
     victim = start("fit_stalling.py", [*args, str(run_dir), str(STEPS), str(STALL_AT)], run_dir / "log1.txt")
     try:
-        wait_for(lambda: (run_dir / "stalled").exists(), "the stall", victim, run_dir / "log1.txt")
+        wait_for(lambda: (run_dir / "stalled").exists(), "the stall", [victim], [run_dir / "log1.txt"])
         assert len(read_losses(run_dir / "losses.jsonl")) == 3
         sent = time.monotonic()
         victim.send_signal(signal.SIGTERM)
@@ -69,21 +70,26 @@ def test_sigterm_while_the_loader_waits_saves_and_exits_promptly(tiny_components
     assert all(r["loss"] == want[r["step"]] for r in got), (got, want)
 
 
-def start_ranks(args: list[str], logdir: Path, tag: str, **env: str) -> list:
-    """fit_stuck_rank.py as 2 local ranks (torchrun-style env vars), logs in LOGDIR/<tag>-rank<r>.log."""
-    ranks = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", NODE_RANK="0")
-    return [
-        start(
-            "fit_stuck_rank.py",
-            args,
-            logdir / f"{tag}-rank{r}.log",
-            RANK=str(r),
-            LOCAL_RANK=str(r),
-            **ranks,
-            **env,
-        )
-        for r in range(2)
-    ]
+def start_stuck_ranks(args: list[str], logdir: Path, tag: str, **env: str) -> list:
+    """fit_stuck_rank.py as 2 local ranks, logs in LOGDIR/<tag>-rank<r>.log."""
+    return start_ranks("fit_stuck_rank.py", args, logdir, tag=tag, **env)
+
+
+def sigterm_when(procs: list, ready, what: str, logs: list[Path], timeout: float, settle: float = 0.0):
+    """Wait until `ready()` (each process still running), then SIGTERM every one: (exit codes,
+    seconds from the signal to the last exit). Whatever is still running afterwards is killed."""
+    try:
+        wait_for(ready, what, procs, logs)
+        time.sleep(settle)
+        sent = time.monotonic()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=timeout) for p in procs]
+        return codes, time.monotonic() - sent
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 GRACE = 5  # seconds (INTERNVL_SIGTERM_GRACE): short, so the test is quick
@@ -98,25 +104,15 @@ def test_sigterm_with_one_rank_stuck_in_its_loader_ends_both_after_the_grace(tin
     run.mkdir()
     args = [vision, llm, str(write_shards(tmp_path / "shards")), str(run)]
     ckpt = run / "checkpoints" / "epoch=0-step=2.ckpt"
-    procs = start_ranks([*args, "6", str(STALL_AT)], run, "stuck", INTERNVL_SIGTERM_GRACE=str(GRACE))
-    try:
-        deadline = time.monotonic() + 300
-        while not ((run / "stalled").exists() and (run / "checkpoints" / "last.ckpt").exists()):
-            assert all(p.poll() is None for p in procs), [
-                (run / f"stuck-rank{r}.log").read_text()[-3000:] for r in (0, 1)
-            ]
-            assert time.monotonic() < deadline, "rank 1 never stalled"
-            time.sleep(0.05)
-        time.sleep(1)  # rank 0 reaches the all-reduce that rank 1 never joins
-        sent = time.monotonic()
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        codes = [p.wait(timeout=30) for p in procs]
-        took = time.monotonic() - sent
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    procs = start_stuck_ranks([*args, "6", str(STALL_AT)], run, "stuck", INTERNVL_SIGTERM_GRACE=str(GRACE))
+    codes, took = sigterm_when(
+        procs,
+        lambda: (run / "stalled").exists() and (run / "checkpoints" / "last.ckpt").exists(),
+        "rank 1's stall",
+        [run / f"stuck-rank{r}.log" for r in (0, 1)],
+        timeout=30,
+        settle=1,  # rank 0 reaches the all-reduce that rank 1 never joins
+    )
     logs = [(run / f"stuck-rank{r}.log").read_text() for r in (0, 1)]
     assert codes == [143, 143], [log[-3000:] for log in logs]
     assert GRACE <= took < 30
@@ -135,7 +131,7 @@ def test_sigterm_with_one_rank_stuck_in_its_loader_ends_both_after_the_grace(tin
     last = run / "checkpoints" / "last.ckpt"
     assert last.resolve() == ckpt.resolve() and verify(last).intact and not verify(last).unverified
 
-    again = start_ranks([*args, "4", "-1", "last"], run, "again")
+    again = start_stuck_ranks([*args, "4", "-1", "last"], run, "again")
     try:
         codes = [p.wait(timeout=300) for p in again]
     finally:
@@ -153,22 +149,14 @@ def test_sigterm_on_two_ranks_stops_both_at_one_batch_and_saves(tiny_components,
     run = tmp_path / "run"
     run.mkdir()
     args = [vision, llm, str(write_shards(tmp_path / "shards")), str(run)]
-    procs = start_ranks([*args, "40", "-1"], run, "plain", INTERNVL_SIGTERM_GRACE="60")
-    try:
-        deadline = time.monotonic() + 300
-        while len(read_losses(run / "losses-rank0.jsonl")) < 3:
-            assert all(p.poll() is None for p in procs), (run / "plain-rank0.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "training never reached step 3"
-            time.sleep(0.05)
-        sent = time.monotonic()
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        codes = [p.wait(timeout=60) for p in procs]
-        took = time.monotonic() - sent
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    procs = start_stuck_ranks([*args, "40", "-1"], run, "plain", INTERNVL_SIGTERM_GRACE="60")
+    codes, took = sigterm_when(
+        procs,
+        lambda: len(read_losses(run / "losses-rank0.jsonl")) >= 3,
+        "training reaching step 3",
+        [run / f"plain-rank{r}.log" for r in (0, 1)],
+        timeout=60,
+    )
     log = (run / "plain-rank0.log").read_text()
     assert codes == [143, 143] and took < 60, log[-3000:]
     found = re.search(r"stopped by SIGTERM after step (\d+) \(step \1\); checkpoint (\S+)", log)
