@@ -24,6 +24,7 @@ from benchmarks.gpu import (
     train_steps,
 )  # fmt: skip
 from benchmarks.gpu_lightning import lightning_vs_harness
+from benchmarks.gpu_loss import loss_kernels
 from benchmarks.gpu_padded import packed_vs_padded
 from benchmarks.gpu_profile import format_profile, profile
 from benchmarks.gpu_slice import slice_projection
@@ -135,6 +136,12 @@ class Suite:
         del model, opt, packs
         free_memory(self.device)
         return result | {"shape": self.main_name, "attention": used, "table": format_profile(result)}
+
+    def loss(self) -> dict:
+        """Full logits, our chunked kernel and Liger-Kernel's at the real output shape."""
+        result = loss_kernels(self.device, smoke=self.args.smoke)
+        free_memory(self.device)
+        return result
 
     def lightning(self) -> dict:
         result = lightning_vs_harness(

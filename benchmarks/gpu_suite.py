@@ -17,12 +17,14 @@ cache) and on a rerun (warm cache, ``--cache-dir`` kept):
                             the 2B shape's kernels compile here)
     profile      ~25   ~25  the 1B step split into ViT, LLM, output layer + loss, optimizer
                             (``gpu_profile.py``)
+    loss         ~20   ~15  the loss kernels at 16,384 x 151,674 x 896: full logits, ours and
+                            Liger-Kernel's (time, peak memory, bf16 error; ``gpu_loss.py``)
     lightning    ~60   ~50  ``InternVLChat`` + Trainer + ``InternVLDataModule`` on real-JPEG shards
                             vs the harness on the same packs (``gpu_lightning.py``)
     padded       ~35   ~35  packed vs padded tokens/s of the 1B shape, eager (``gpu_padded.py``)
     slice8b      ~60   ~40  the 8B widths at k and k/2 LLM layers, projected to 32 and compared
                             with ``plan("8b", "2", gpus=512)`` (``gpu_slice.py``)
-    total       ~540  ~270
+    total       ~560  ~285
 
 A part starts only if the seconds spent so far plus its cold estimate stay within ``--budget``
 (460 s): on a fresh machine the last part or two may be skipped, to be run by a second call with
@@ -52,6 +54,7 @@ PARTS = {
     "first_step": 250,
     "mfu": 110,
     "profile": 25,
+    "loss": 20,
     "lightning": 60,
     "padded": 35,
     "slice8b": 60,

@@ -3,10 +3,16 @@ clean torch state for every test. Helpers that are not fixtures are in ``tests/h
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Where no CUDA device is present, Triton kernels (Liger-Kernel's, behind loss_kernel: liger) run
+# under Triton's interpreter; it has to be on before triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from internvl_lightning.export import export_hf
 from internvl_lightning.model.build import build_model

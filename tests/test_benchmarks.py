@@ -84,6 +84,14 @@ def test_gpu_suite_smoke_runs_every_part_on_cpu_and_records_its_figures(tmp_path
     assert sum(prof["shares"].values()) == pytest.approx(1.0)
     assert prof["split_step_ms"] == pytest.approx(sum(prof["parts_ms"].values()))
 
+    loss = parts["loss"]  # Liger's kernels run here under Triton's interpreter (tests/conftest.py)
+    for kernel in ("full", "chunked", "liger"):
+        r = loss[kernel]
+        assert r["median_seconds"] > 0 and r["loss_rel_error"] < 1e-2 and r["weight_grad_rel_error"] < 5e-2, (
+            kernel
+        )
+    assert loss["chunked"]["time_over_full"] > 0 and loss["liger"]["time_over_full"] > 0
+
     light = parts["lightning"]
     assert light["measured_steps"] == len(light["harness_step_seconds"]) == 1
     assert light["ratio"] == pytest.approx(light["lightning_tokens_per_s"] / light["harness_tokens_per_s"])

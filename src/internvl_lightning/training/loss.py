@@ -18,10 +18,9 @@ data parallel), which makes accumulation exactly equal to one big batch. D is a 
 autograd; it enters as the token weights w_t / D, so the gradients come out of the forward pass
 already divided.
 
-Liger-Kernel's fused linear cross-entropy has no per-token weight (its weight is per class); only
-from v0.8.2 does `reduction="none"` give correct gradients for per-token upstream weights, and it
-gets them by recomputing the logits in backward. It is therefore not used yet; the evidence is in
-benchmarks/README.md (figure 4).
+`kernel="liger"` computes the same thing with Liger-Kernel's Triton kernels on a CUDA device
+(`loss_liger.py`, the same inputs and outputs); the default, "chunked", is this file's and runs
+everywhere. Which is faster on a GPU is measured by `benchmarks/gpu_suite.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
+from .loss_liger import LigerLinearCE
 
 
 def _check_chunk(chunk_size: int) -> None:
@@ -132,6 +132,15 @@ class FusedLinearCE(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
+LOSS_KERNELS = {"chunked": FusedLinearCE, "liger": LigerLinearCE}  # the same inputs and outputs
+
+
+def _kernel(name: str) -> type[torch.autograd.Function]:
+    if name not in LOSS_KERNELS:
+        raise ValueError(f"unknown loss kernel {name!r}; choose one of {sorted(LOSS_KERNELS)}")
+    return LOSS_KERNELS[name]
+
+
 def shifted_targets(
     labels: torch.Tensor, loss_weight: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -187,11 +196,13 @@ def weighted_loss(
     loss_weight: torch.Tensor | None = None,
     denominator: torch.Tensor | float | None = None,
     chunk_size: int = 4096,
+    kernel: str = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (loss, local weight sum). `denominator` defaults to the local weight sum; it is a
-    constant for autograd (an all-reduced step total, say)."""
+    constant for autograd (an all-reduced step total, say). `kernel`: "chunked" (ours, every
+    device) or "liger" (Liger-Kernel's, CUDA)."""
     loss, wsum, _, _ = weighted_loss_with_token_ce(
-        hidden, lm_head, labels, loss_weight, denominator, chunk_size
+        hidden, lm_head, labels, loss_weight, denominator, chunk_size, kernel
     )
     return loss, wsum
 
@@ -203,10 +214,12 @@ def weighted_loss_with_token_ce(
     loss_weight: torch.Tensor | None = None,
     denominator: torch.Tensor | float | None = None,
     chunk_size: int = 4096,
+    kernel: str = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`weighted_loss` plus what it computed on the way, for metrics at no extra cost: the
     per-token CE of the trained positions (n,) (no gradient) and their flat positions (n,)."""
     _check_chunk(chunk_size)
+    function = _kernel(kernel)
     idx, tgt, w = shifted_targets(labels, loss_weight)
     h = _trained_hidden(hidden, idx)
     wsum = w.sum()
@@ -215,7 +228,7 @@ def weighted_loss_with_token_ce(
     denom = torch.as_tensor(denominator, dtype=w.dtype, device=w.device).detach().clamp_min(1e-12)
     scaled = w / denom  # the gradients come out already divided: backward need not scale them
     if torch.is_grad_enabled():
-        loss, ce = FusedLinearCE.apply(h, lm_head.weight, lm_head.bias, tgt, scaled, chunk_size)
+        loss, ce = function.apply(h, lm_head.weight, lm_head.bias, tgt, scaled, chunk_size)
     else:  # evaluation: values only (the function would compute gradients whatever the grad mode)
         ce = _ce_values(h, lm_head, tgt, chunk_size)
         loss = (ce * scaled).sum()

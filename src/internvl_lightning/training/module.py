@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -24,6 +24,7 @@ from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .global_batch import apply_global_batch
 from .loss import per_sample_losses, weighted_loss, weighted_loss_with_token_ce
+from .loss_liger import check_liger
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
 from .parallelize import TrainingSetup, parallelize
 from .progress import StepProgressBar
@@ -54,6 +55,9 @@ class InternVLChat(L.LightningModule):
         loss_reduction_all_gather: average the loss denominator over data-parallel ranks, so the
             gradient is the global weighted mean (reference `loss_reduction_all_gather`).
         loss_chunk_size: positions per chunk of the logits-free loss.
+        loss_kernel: "chunked" (``loss.py``, every device) or "liger" (Liger-Kernel's Triton kernels,
+            CUDA only, ``pip install 'internvl-lightning[liger]'``): the same loss and gradients,
+            both computed in the forward pass; ``benchmarks/gpu_suite.py`` measures which is faster.
         gradient_checkpointing_vit, gradient_checkpointing_llm: recompute activations in backward.
         compile_blocks: ``torch.compile`` each ViT and LLM block (GPU speed; not with ZeRO-3).
         vit_lora_rank, llm_lora_rank: LoRA adapters of this rank on the ViT / the LLM (0 = none;
@@ -96,6 +100,7 @@ class InternVLChat(L.LightningModule):
         min_lr_ratio: float = 0.0,
         loss_reduction_all_gather: bool = False,
         loss_chunk_size: int = 4096,
+        loss_kernel: Literal["chunked", "liger"] = "chunked",
         gradient_checkpointing_vit: bool = False,
         gradient_checkpointing_llm: bool = False,
         compile_blocks: bool = False,
@@ -125,6 +130,8 @@ class InternVLChat(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             apply_global_batch(self.trainer, self.hparams.packs_per_step)  # before the strategy reads it
+            if self.hparams.loss_kernel == "liger":
+                check_liger(self.trainer.strategy.root_device)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The step progress bar (in place of Lightning's, when bars are on) and the data report."""
@@ -265,7 +272,7 @@ class InternVLChat(L.LightningModule):
         denom, scale = self._denominator(batch, local.float())
         loss, wsum, token_ce, positions = self.lm_head_scope(
             weighted_loss_with_token_ce, hidden, self.model.lm_head, labels, weights, denom,
-            self.hparams.loss_chunk_size,
+            self.hparams.loss_chunk_size, self.hparams.loss_kernel,
         )  # fmt: skip
         # A bad batch gives NaN gradients everywhere, so that every strategy (DeepSpeed's overflow
         # check included) skips the step; otherwise this adds exactly zero.
