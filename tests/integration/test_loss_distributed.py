@@ -1,4 +1,5 @@
-"""The chunked loss on 2 CPU processes (gloo) under DDP and DeepSpeed ZeRO-2 equals one process.
+"""The loss on 2 CPU processes (gloo) under DDP and DeepSpeed ZeRO-2 equals one process, with each
+kernel (ours; Liger-Kernel's, under Triton's interpreter here: tests/conftest.py).
 
 A small model (a body producing hidden states + an output layer with bias) trains 3 SGD steps.
 Each rank takes half of every step's batch and divides its weighted CE sum by the all-reduced
@@ -30,14 +31,15 @@ LOSS_ULPS, WEIGHT_ATOL = 4, 1e-6
 class TinyLM(torch.nn.Module):
     """A body producing hidden states and an output layer; its forward is the chunked loss."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: str = "chunked") -> None:
         super().__init__()
+        self.kernel = kernel
         torch.manual_seed(0)
         self.body = torch.nn.Sequential(torch.nn.Linear(IN, D), torch.nn.Tanh())
         self.lm_head = torch.nn.Linear(D, V)
 
     def forward(self, x, labels, loss_weight, denom):
-        return weighted_loss(self.body(x), self.lm_head, labels, loss_weight, denom, CHUNK)[0]
+        return weighted_loss(self.body(x), self.lm_head, labels, loss_weight, denom, CHUNK, self.kernel)[0]
 
 
 def _step_batch(step: int) -> dict[str, torch.Tensor]:
@@ -57,8 +59,8 @@ def _local_weight_sum(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (batch["loss_weight"][:, 1:] * (batch["labels"][:, 1:] != -100)).sum()
 
 
-def _single_process() -> tuple[list[float], dict[str, torch.Tensor]]:
-    model = TinyLM()
+def _single_process(kernel: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    model = TinyLM(kernel)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     losses = []
     for step in range(STEPS):
@@ -71,7 +73,7 @@ def _single_process() -> tuple[list[float], dict[str, torch.Tensor]]:
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _rank(rank: int, strategy: str, port: int, out: str) -> None:
+def _rank(rank: int, strategy: str, kernel: str, port: int, out: str) -> None:
     """One of WORLD processes: train STEPS steps on this rank's half of each batch."""
     import torch.distributed as dist
 
@@ -85,7 +87,7 @@ def _rank(rank: int, strategy: str, port: int, out: str) -> None:
     )
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = TinyLM()
+        model = TinyLM(kernel)
         opt = torch.optim.SGD(model.parameters(), lr=LR)
         if strategy == "ddp":
             engine = torch.nn.parallel.DistributedDataParallel(model)
@@ -123,11 +125,14 @@ def _rank(rank: int, strategy: str, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["chunked", "liger"])
 @pytest.mark.parametrize("strategy", ["ddp", "zero2"])
-def test_two_processes_equal_one_on_the_combined_batch(strategy, tmp_path):
+def test_two_processes_equal_one_on_the_combined_batch(strategy, kernel, tmp_path):
+    if kernel == "liger":
+        pytest.importorskip("liger_kernel", reason="liger-kernel is not installed (pip install '.[liger]')")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read by the spawned ranks' deepspeed import
-    torch.multiprocessing.spawn(_rank, args=(strategy, free_port(), str(tmp_path)), nprocs=WORLD)
-    losses, state = _single_process()
+    torch.multiprocessing.spawn(_rank, args=(strategy, kernel, free_port(), str(tmp_path)), nprocs=WORLD)
+    losses, state = _single_process(kernel)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         ulp = torch.finfo(torch.float32).eps * max(abs(v) for v in losses)

@@ -101,10 +101,17 @@ def test_unknown_kernel_is_refused():
         weighted_loss(hidden, head, labels, weights, kernel="cce")
 
 
-def test_liger_on_a_cpu_run_is_refused_at_setup(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_liger_on_a_cpu_run_is_refused_at_setup(tiny_components, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU run as a user starts it
     with pytest.raises(RuntimeError, match="loss_kernel='liger' runs Triton kernels on a CUDA device"):
         check_liger(torch.device("cpu"))
+    module = make_module(tiny_components, loss_kernel="liger")
+    collate = PackingCollator(image_size=module.model.config.vision_config.image_size[0])
+    batch = collate([[make_sample("a", 12, 1, module.model, 1)]])
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="use loss_kernel='chunked'"):
+        fit_batches(module, [batch])
+    assert all(torch.equal(p, before[n]) for n, p in module.model.named_parameters())  # no step ran
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
