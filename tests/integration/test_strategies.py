@@ -101,15 +101,24 @@ def test_zero_configs_follow_the_reference_jsons():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["zero2", "ddp"])
-def test_accumulation_is_exact_on_two_processes(strategy, tiny_components, shards, tmp_path):
+@pytest.mark.parametrize(
+    "strategy, kernel", [("zero2", "chunked"), ("ddp", "chunked"), ("zero3", "liger"), ("fsdp2", "liger")]
+)
+def test_accumulation_is_exact_on_two_processes(strategy, kernel, tiny_components, shards, tmp_path):
     """2 accumulated micro-batches of one pack == one batch of both packs (the 8B stage-1.5 recipe
-    accumulates 2 under DeepSpeed): same global gradient norm before clipping."""
+    accumulates 2 under DeepSpeed): same global gradient norm before clipping. Liger's kernel (under
+    Triton's interpreter here) also gives the chunked kernel's norm, with ZeRO-3's gathered output
+    layer and FSDP2's sharded one."""
+    if kernel == "liger":
+        pytest.importorskip("liger_kernel", reason="liger-kernel is not installed (pip install '.[liger]')")
     vision, llm = tiny_components
-    launch("fit_accumulate.py", [strategy, str(vision), str(llm), str(shards), str(tmp_path)], tmp_path)
+    args = [strategy, str(vision), str(llm), str(shards), str(tmp_path), kernel]
+    launch("fit_accumulate.py", args, tmp_path)
     for rank in range(2):
         res = json.loads((tmp_path / f"accumulate-rank{rank}.json").read_text())
         assert res["accumulated"] == pytest.approx(res["combined"], rel=1e-4), (strategy, rank, res)
+        if kernel != "chunked":
+            assert res["combined"] == pytest.approx(res["combined_chunked"], rel=1e-5), (strategy, rank, res)
 
 
 @pytest.mark.parametrize("strategy", ["zero2", "fsdp2"])

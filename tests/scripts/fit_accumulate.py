@@ -5,7 +5,10 @@ accumulated; (Y) one batch of both packs. Their gradients must agree, so the glo
 each logs (before clipping) is compared. Under DeepSpeed this catches a loss divided by the
 accumulation steps twice (once by Lightning, once by the engine's backward).
 
-usage: fit_accumulate.py STRATEGY VISION LLM SHARDS OUT   (launched by tests/launch.py)
+With KERNEL (the module's loss_kernel, default chunked) other than chunked, (Z) the combined batch
+with the chunked kernel is run too, so the two kernels can be compared under the strategy.
+
+usage: fit_accumulate.py STRATEGY VISION LLM SHARDS OUT [KERNEL]   (launched by tests/launch.py)
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from tiny_data import tiny_datamodule  # noqa: E402
 from internvl_lightning.training.module import InternVLChat  # noqa: E402
 
 
-def grad_norm(strategy: str, vision: str, llm: str, shards: str, root: Path, accumulate: int) -> float:
+def grad_norm(
+    strategy: str, vision: str, llm: str, shards: str, root: Path, accumulate: int, kernel: str
+) -> float:
     L.seed_everything(0, workers=True)
     dm = tiny_datamodule(shards, llm, batch_size=2 // accumulate)
-    module = InternVLChat(vision=vision, llm=llm, lr=1e-3, drop_path_rate=0.0)
+    module = InternVLChat(vision=vision, llm=llm, lr=1e-3, drop_path_rate=0.0, loss_kernel=kernel)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -50,12 +55,15 @@ def grad_norm(strategy: str, vision: str, llm: str, shards: str, root: Path, acc
 
 def main() -> None:
     strategy, vision, llm, shards, out = sys.argv[1:6]
+    kernel = sys.argv[6] if len(sys.argv) > 6 else "chunked"
     torch.set_num_threads(1)
     out = Path(out)
     result = {
-        "accumulated": grad_norm(strategy, vision, llm, shards, out / "X", accumulate=2),
-        "combined": grad_norm(strategy, vision, llm, shards, out / "Y", accumulate=1),
+        "accumulated": grad_norm(strategy, vision, llm, shards, out / "X", 2, kernel),
+        "combined": grad_norm(strategy, vision, llm, shards, out / "Y", 1, kernel),
     }
+    if kernel != "chunked":
+        result["combined_chunked"] = grad_norm(strategy, vision, llm, shards, out / "Z", 1, "chunked")
     (out / f"accumulate-rank{os.environ['RANK']}.json").write_text(json.dumps(result))
 
 
