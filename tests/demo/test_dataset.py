@@ -16,6 +16,7 @@ from internvl_lightning.demo.dataset import (
 )
 from internvl_lightning.demo.run import PASS_CIRCULAR, passes
 from internvl_lightning.demo.scenes import COLOURS, random_scene
+from internvl_lightning.evaluation.mmbench_rules import match_option
 
 
 def _fixed_orders() -> dict[str, list[str]]:
@@ -67,6 +68,16 @@ def test_stage2_mc_is_shuffled_and_seeded(tmp_path):
         opts = _options(r["conversations"][0]["value"])
         reordered += opts != [o for o in kinds[question] if o in opts]
     assert reordered > len(records[0]) // 2
+
+
+def test_stage2_mc_answers_with_the_option_text_which_mmbench_matching_scores_as_its_letter(tmp_path):
+    meta = write_stage_data(tmp_path, 0, 0, 40, seed=7)["stage2"]
+    records = [json.loads(x) for x in (meta.parent / "mc.jsonl").read_text().splitlines()]
+    for r in records:
+        question, answer = (turn["value"] for turn in r["conversations"])
+        options = dict(zip("ABCD", _options(question)))
+        assert answer in options.values()
+        assert options[match_option(answer, options)] == answer  # the official rules' step 2
 
 
 def test_held_out_file_keeps_the_fixed_order(tmp_path):
