@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
-from .loss_liger import LigerLinearCE
 
 
 def _check_chunk(chunk_size: int) -> None:
@@ -71,7 +70,23 @@ def _add_weight_grad(
     return grad_weight.add_(torch.mm(grad_logits.t(), h))  # a bf16 product summed in fp32
 
 
-class FusedLinearCE(torch.autograd.Function):
+class GradientsInForward(torch.autograd.Function):
+    """A loss whose forward stores (grad_hidden, grad_weight, grad_bias) in ``ctx.grads`` for inputs
+    (hidden, weight, bias, targets, token weights, chunk size); its backward only scales them."""
+
+    @staticmethod
+    def backward(ctx, grad_sum, grad_ce):
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError("the loss's backward ran twice (retain_graph is not supported)")
+        ctx.grads = None  # scaled in place below: a second backward would be wrong, so refuse it
+        # Usually 1 (the denominator is in the token weights), but testing that would cost a device
+        # sync per step; one elementwise pass over the stored gradients costs less.
+        grads = tuple(None if g is None else g.mul_(grad_sum.to(g.dtype)) for g in grads)
+        return (*grads, None, None, None)
+
+
+class FusedLinearCE(GradientsInForward):
     """sum_t w_t * CE(hidden_t @ weight.T + bias, target_t), gradients computed during forward.
 
     Inputs: hidden (n, D), weight (V, D), bias (V,) or None, targets (n,) long, token weights (n,)
@@ -120,25 +135,18 @@ class FusedLinearCE(torch.autograd.Function):
         ctx.mark_non_differentiable(ce)
         return (ce * token_weight).sum(), ce
 
-    @staticmethod
-    def backward(ctx, grad_sum, grad_ce):
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError("the chunked loss's backward ran twice (retain_graph is not supported)")
-        ctx.grads = None  # scaled in place below: a second backward would be wrong, so refuse it
-        # Usually 1 (the denominator is in the token weights), but testing that would cost a device
-        # sync per step; one elementwise pass over the stored gradients costs less.
-        grads = tuple(None if g is None else g.mul_(grad_sum.to(g.dtype)) for g in grads)
-        return (*grads, None, None, None)
+
+LOSS_KERNELS = ("chunked", "liger")  # the same inputs and outputs
 
 
-LOSS_KERNELS = {"chunked": FusedLinearCE, "liger": LigerLinearCE}  # the same inputs and outputs
-
-
-def _kernel(name: str) -> type[torch.autograd.Function]:
+def _kernel(name: str) -> type[GradientsInForward]:
     if name not in LOSS_KERNELS:
         raise ValueError(f"unknown loss kernel {name!r}; choose one of {sorted(LOSS_KERNELS)}")
-    return LOSS_KERNELS[name]
+    if name == "liger":
+        from .loss_liger import LigerLinearCE  # its module builds on this one
+
+        return LigerLinearCE
+    return FusedLinearCE
 
 
 def shifted_targets(

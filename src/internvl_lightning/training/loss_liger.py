@@ -23,6 +23,8 @@ from functools import cache
 
 import torch
 
+from .loss import GradientsInForward
+
 LIGER_NEEDS = ("token_grad_output", "compute_gradients", "weight_requires_grad")  # since 0.8.2
 
 
@@ -70,11 +72,11 @@ def _no_tokens(ctx, hidden, weight, bias, need_hidden, need_weight, need_bias):
     return ce.sum(), ce
 
 
-class LigerLinearCE(torch.autograd.Function):
+class LigerLinearCE(GradientsInForward):
     """sum_t w_t * CE(hidden_t @ weight.T + bias, target_t) with Liger's kernels, gradients in forward.
 
     Arguments and outputs as :class:`training.loss.FusedLinearCE` (`chunk_size` is accepted for
-    the common signature and unused).
+    the common signature and unused); the backward is theirs (``GradientsInForward``).
     """
 
     @staticmethod
@@ -104,12 +106,3 @@ class LigerLinearCE(torch.autograd.Function):
         )
         ctx.mark_non_differentiable(ce)
         return (ce * token_weight).sum(), ce
-
-    @staticmethod
-    def backward(ctx, grad_sum, grad_ce):
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError("the Liger loss's backward ran twice (retain_graph is not supported)")
-        ctx.grads = None
-        grads = tuple(None if g is None else g.mul_(grad_sum.to(g.dtype)) for g in grads)
-        return (*grads, None, None, None)
