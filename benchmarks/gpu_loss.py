@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.gpu import sync
 from internvl_lightning.training.loss import weighted_loss
 
 SHAPE = {"tokens": 16_384, "hidden": 896, "vocab": 151_674}
@@ -58,11 +59,6 @@ def _run(kernel: str, h, head, labels, weights, autocast: bool):
     return loss.detach().float(), hidden.grad.float(), head.weight.grad.float()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _liger_unavailable(device: torch.device) -> str | None:
     try:
         from internvl_lightning.training.loss_liger import check_liger
@@ -92,10 +88,10 @@ def loss_kernels(device: torch.device, smoke: bool = False, repeats: int = 5) ->
             torch.cuda.reset_peak_memory_stats(device)
         times = []
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             loss, dh, dw = _run(kernel, h, head, labels, weights, autocast=True)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
         out[kernel] = {

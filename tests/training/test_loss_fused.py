@@ -1,6 +1,13 @@
-"""The loss without recompute (training/loss.py::FusedLinearCE) against full logits and autograd."""
+"""The loss without recompute (training/loss.py::FusedLinearCE) against full logits and autograd.
+
+The tests of the loss's contract (no trained token, accumulation, one backward) run with each
+kernel: Liger-Kernel's (training/loss_liger.py) on a CUDA device, or on the CPU under Triton's
+interpreter (tests/conftest.py); its own tests are in test_loss_liger.py.
+"""
 
 from __future__ import annotations
+
+from importlib.util import find_spec
 
 import pytest
 import torch
@@ -12,12 +19,22 @@ from internvl_lightning.training.loss import chunked_token_ce, weighted_loss
 
 B, L, D, V = 2, 31, 16, 50
 SEGMENTS = [(0, 9), (9, 20), (20, 31)]  # three packed samples per row
+NO_LIGER = pytest.mark.skipif(
+    find_spec("liger_kernel") is None, reason="liger-kernel is not installed (pip install '.[liger]')"
+)
+KERNELS = ["chunked", pytest.param("liger", marks=NO_LIGER)]
 
 
-def _batch(reduction: str, seed: int = 0, bias: bool = True):
-    """hidden (B, L, D), an output layer with bias, labels with ignored positions, collator-style weights."""
+def kernel_device(kernel: str) -> str:
+    """Where a kernel's test tensors live: Liger's kernels on the GPU when there is one."""
+    return "cuda" if kernel == "liger" and torch.cuda.is_available() else "cpu"
+
+
+def _batch(reduction: str, seed: int = 0, bias: bool = True, device: str = "cpu"):
+    """hidden (B, L, D), an output layer with bias, labels with ignored positions, collator-style
+    weights (drawn on the CPU, then put on ``device``)."""
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(B, L, D, generator=g, requires_grad=True)
+    hidden = torch.randn(B, L, D, generator=g).to(device).requires_grad_(True)
     head = torch.nn.Linear(D, V, bias=bias)
     with torch.no_grad():
         head.weight.copy_(torch.randn(V, D, generator=g))
@@ -30,7 +47,7 @@ def _batch(reduction: str, seed: int = 0, bias: bool = True):
         for a, e in SEGMENTS:
             trained = labels[b, a:e] != -100
             weights[b, a:e] = trained.float() * len2weight(int(trained.sum()), reduction)
-    return hidden, head, labels, weights
+    return hidden, head.to(device), labels.to(device), weights.to(device)
 
 
 def _full_logits_numerator(hidden, head, labels, weights):
@@ -61,28 +78,31 @@ def test_loss_and_gradients_equal_full_logits(reduction, chunk):
         assert float((a - b).abs().max()) <= 1e-6, name
 
 
-def test_no_trained_token_gives_zero_loss_and_zero_gradients():
-    hidden, head, labels, weights = _batch("square")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_no_trained_token_gives_zero_loss_and_zero_gradients(kernel):
+    hidden, head, labels, weights = _batch("square", device=kernel_device(kernel))
     labels[:] = -100
-    loss, wsum = weighted_loss(hidden, head, labels, weights, chunk_size=4)
+    loss, wsum = weighted_loss(hidden, head, labels, weights, chunk_size=4, kernel=kernel)
     loss.backward()
     assert loss.item() == 0.0 and wsum.item() == 0.0
     assert hidden.grad is not None and not hidden.grad.any()
     assert head.weight.grad is not None and not head.weight.grad.any()  # every rank still reduces it
 
 
-def test_two_micro_batches_with_the_step_denominator_equal_one_combined_batch():
-    parts = [_batch("square", seed=s) for s in (1, 2)]
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_two_micro_batches_with_the_step_denominator_equal_one_combined_batch(kernel):
+    parts = [_batch("square", seed=s, device=kernel_device(kernel)) for s in (1, 2)]
     head = parts[0][1]
     step_wsum = sum(float(_full_logits_numerator(*p)[1]) for p in parts)
     for hidden, _, labels, weights in parts:  # accumulate into head.weight.grad / head.bias.grad
-        loss, _ = weighted_loss(hidden, head, labels, weights, torch.tensor(step_wsum), chunk_size=5)
+        step = torch.tensor(step_wsum)
+        loss, _ = weighted_loss(hidden, head, labels, weights, step, chunk_size=5, kernel=kernel)
         loss.backward()
     accumulated = [head.weight.grad.clone(), head.bias.grad.clone()]
     head.zero_grad(set_to_none=True)
     hidden = torch.cat([p[0].detach() for p in parts], 0).requires_grad_(True)
     labels, weights = (torch.cat([p[k] for p in parts], 0) for k in (2, 3))
-    combined, _ = weighted_loss(hidden, head, labels, weights, chunk_size=5)
+    combined, _ = weighted_loss(hidden, head, labels, weights, chunk_size=5, kernel=kernel)
     combined.backward()
     for a, b in zip(accumulated, [head.weight.grad, head.bias.grad]):
         assert float((a - b).abs().max()) <= 1e-6
@@ -148,9 +168,10 @@ def test_evaluation_without_grad_gives_the_same_loss():
     assert abs(float((ce * w).sum() / w.sum()) - loss.item()) <= 1e-6
 
 
-def test_second_backward_is_refused():
-    hidden, head, labels, weights = _batch("token")
-    loss, _ = weighted_loss(hidden, head, labels, weights)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_second_backward_is_refused(kernel):
+    hidden, head, labels, weights = _batch("token", device=kernel_device(kernel))
+    loss, _ = weighted_loss(hidden, head, labels, weights, kernel=kernel)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()

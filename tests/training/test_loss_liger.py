@@ -1,4 +1,5 @@
-"""`loss_kernel: liger` (training/loss_liger.py) against full logits and against our chunked kernel.
+"""`loss_kernel: liger` (training/loss_liger.py) against full logits and against our chunked kernel
+(no trained token, accumulation and one backward: test_loss_fused.py, run with each kernel).
 
 Liger-Kernel's Triton kernels run on a CUDA device; without one they run here under Triton's
 interpreter (switched on by tests/conftest.py before triton is imported).
@@ -18,20 +19,15 @@ from internvl_lightning.training.loss import weighted_loss  # noqa: E402
 from internvl_lightning.training.loss_liger import check_liger  # noqa: E402
 from tests.helpers.batches import fit_batches, make_module, make_sample  # noqa: E402
 
-from .test_loss_fused import _batch, _full_logits_numerator, _params, _Products  # noqa: E402
+from .test_loss_fused import _batch, _full_logits_numerator, _params, _Products, kernel_device  # noqa: E402
 from .test_module import GradCapture  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _to(hidden, head, labels, weights):
-    hidden = hidden.detach().to(DEVICE).requires_grad_(True)
-    return hidden, head.to(DEVICE), labels.to(DEVICE), weights.to(DEVICE)
+DEVICE = kernel_device("liger")
 
 
 @pytest.mark.parametrize("reduction", ["token", "sample", "square"])
 def test_liger_equals_full_logits_and_the_chunked_kernel(reduction):
-    hidden, head, labels, weights = _to(*_batch(reduction))
+    hidden, head, labels, weights = _batch(reduction, device=DEVICE)
     num, wsum = _full_logits_numerator(hidden, head, labels, weights)
     ref = num / wsum
     g_ref = torch.autograd.grad(ref, _params(hidden, head))
@@ -49,35 +45,8 @@ def test_liger_equals_full_logits_and_the_chunked_kernel(reduction):
         assert float((a - c).abs().max()) <= 1e-6, name
 
 
-def test_liger_two_micro_batches_with_the_step_denominator_equal_one_combined_batch():
-    parts = [_to(*_batch("square", seed=s)) for s in (1, 2)]
-    head = parts[0][1]
-    step_wsum = sum(float(_full_logits_numerator(*p)[1]) for p in parts)
-    for hidden, _, labels, weights in parts:
-        loss, _ = weighted_loss(hidden, head, labels, weights, torch.tensor(step_wsum), kernel="liger")
-        loss.backward()
-    accumulated = [head.weight.grad.clone(), head.bias.grad.clone()]
-    head.zero_grad(set_to_none=True)
-    hidden = torch.cat([p[0].detach() for p in parts], 0).requires_grad_(True)
-    labels, weights = (torch.cat([p[k] for p in parts], 0) for k in (2, 3))
-    combined, _ = weighted_loss(hidden, head, labels, weights, kernel="liger")
-    combined.backward()
-    for a, b in zip(accumulated, [head.weight.grad, head.bias.grad]):
-        assert float((a - b).abs().max()) <= 1e-6
-
-
-def test_liger_no_trained_token_gives_zero_loss_and_zero_gradients():
-    hidden, head, labels, weights = _to(*_batch("square"))
-    labels[:] = -100
-    loss, _ = weighted_loss(hidden, head, labels, weights, kernel="liger")
-    loss.backward()
-    assert loss.item() == 0.0
-    assert hidden.grad is not None and not hidden.grad.any()
-    assert head.weight.grad is not None and not head.weight.grad.any()
-
-
 def test_liger_frozen_head_computes_no_weight_gradient():
-    hidden, head, labels, weights = _to(*_batch("token", bias=False))
+    hidden, head, labels, weights = _batch("token", bias=False, device=DEVICE)
     head.weight.requires_grad_(False)
     with _Products() as products:
         loss, _ = weighted_loss(hidden, head, labels, weights, kernel="liger")
@@ -85,14 +54,6 @@ def test_liger_frozen_head_computes_no_weight_gradient():
     vocab, dim = head.weight.shape
     assert products.shapes and (vocab, dim) not in products.shapes  # logits and d(hidden) only
     assert head.weight.grad is None and hidden.grad is not None
-
-
-def test_liger_second_backward_is_refused():
-    hidden, head, labels, weights = _to(*_batch("token"))
-    loss, _ = weighted_loss(hidden, head, labels, weights, kernel="liger")
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="backward ran twice"):
-        loss.backward()
 
 
 def test_unknown_kernel_is_refused():

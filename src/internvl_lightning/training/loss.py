@@ -25,6 +25,8 @@ everywhere. Which is faster on a GPU is measured by `benchmarks/gpu_suite.py`.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
@@ -136,7 +138,8 @@ class FusedLinearCE(GradientsInForward):
         return (ce * token_weight).sum(), ce
 
 
-LOSS_KERNELS = ("chunked", "liger")  # the same inputs and outputs
+LossKernel = Literal["chunked", "liger"]  # the same inputs and outputs
+LOSS_KERNELS = get_args(LossKernel)
 
 
 def _kernel(name: str) -> type[GradientsInForward]:
@@ -204,7 +207,7 @@ def weighted_loss(
     loss_weight: torch.Tensor | None = None,
     denominator: torch.Tensor | float | None = None,
     chunk_size: int = 4096,
-    kernel: str = "chunked",
+    kernel: LossKernel = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (loss, local weight sum). `denominator` defaults to the local weight sum; it is a
     constant for autograd (an all-reduced step total, say). `kernel`: "chunked" (ours, every
@@ -222,7 +225,7 @@ def weighted_loss_with_token_ce(
     loss_weight: torch.Tensor | None = None,
     denominator: torch.Tensor | float | None = None,
     chunk_size: int = 4096,
-    kernel: str = "chunked",
+    kernel: LossKernel = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`weighted_loss` plus what it computed on the way, for metrics at no extra cost: the
     per-token CE of the trained positions (n,) (no gradient) and their flat positions (n,)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,7 +23,7 @@ from .fault import NonFiniteMonitor
 from .flops import FlopsModel, peak_flops, trained_parts
 from .freeze import FreezeSchedule, parameter_table
 from .global_batch import apply_global_batch
-from .loss import per_sample_losses, weighted_loss, weighted_loss_with_token_ce
+from .loss import LossKernel, per_sample_losses, weighted_loss, weighted_loss_with_token_ce
 from .loss_liger import check_liger
 from .optim import cosine_with_warmup, param_groups, warmup_steps_from
 from .parallelize import TrainingSetup, parallelize
@@ -100,7 +100,7 @@ class InternVLChat(L.LightningModule):
         min_lr_ratio: float = 0.0,
         loss_reduction_all_gather: bool = False,
         loss_chunk_size: int = 4096,
-        loss_kernel: Literal["chunked", "liger"] = "chunked",
+        loss_kernel: LossKernel = "chunked",
         gradient_checkpointing_vit: bool = False,
         gradient_checkpointing_llm: bool = False,
         compile_blocks: bool = False,
